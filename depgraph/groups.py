@@ -1,0 +1,270 @@
+"""Group finding (LLM-Pruner's *Discovery*): from a trigger factor to every coupled parameter slice.
+
+A :class:`Group` is a set of prunable *units* -- attention heads, KV groups, MLP channels,
+hidden channels -- and its :class:`Member` s, the parameter axes that lose slices when a unit
+is removed.  Groups are found from the dependency graph alone; the only inputs besides it are
+the op-level annotations recorded while tracing (which factors are contracted per attention
+head, which are embedding features).  No parameter names are consulted except to tell which
+layer a group belongs to.
+
+Kinds
+-----
+``attention_head``  a head of multi-head attention (q/k/v slices and the o columns).
+``kv_group``        a KV head with all query heads reading it (GQA).
+``query_head``      one query head inside a KV group; pruned in equal numbers per group.
+``mlp_channel``     an intermediate channel of the MLP (gate/up/down, fc1/fc2).
+``hidden_channel``  a channel of the residual stream: embeddings, every norm, every projection.
+``channel``         any other prunable factor (reported, never pruned by default).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Hashable
+
+import networkx as nx
+import numpy as np
+
+from .graph import axes_containing, build_graph, positions, term_key
+from .layout import Cat, Factor, Prod, factors, resolve
+from .tracer import Trace
+
+KINDS = ("attention_head", "kv_group", "query_head", "mlp_channel", "hidden_channel", "channel")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One parameter axis of a group: ``unit_of[p]`` is the unit owning position ``p`` (-1: none)."""
+
+    param: str
+    axis: int
+    unit_of: np.ndarray = field(repr=False, compare=False)
+    kind: str = "param"  # or "buffer"
+
+    def indices(self, unit: int) -> np.ndarray:
+        """Positions of this axis that belong to ``unit``."""
+        return np.flatnonzero(self.unit_of == unit)
+
+    def units_per_position(self) -> int:
+        return int(np.count_nonzero(self.unit_of >= 0))
+
+
+@dataclass
+class Group:
+    """Coupled prunable units of one kind (usually within one layer)."""
+
+    id: str
+    kind: str
+    layer: int | None
+    n_units: int
+    members: list[Member]
+    unit_params: int
+    exact: bool
+    factors: tuple[Hashable, ...] = field(repr=False)
+    units_per_block: int | None = None  # query_head: query heads per KV group
+
+    @property
+    def params(self) -> int:
+        return self.unit_params * self.n_units
+
+    def summary(self) -> dict:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "layer": self.layer,
+            "units": self.n_units,
+            "unit_params": self.unit_params,
+            "params": self.params,
+            "exact": self.exact,
+            "members": [f"{m.param}:{m.axis}" for m in self.members],
+        }
+
+
+def layer_of(name: str) -> int | None:
+    """The layer index in a parameter name: its first integer path component.
+
+    >>> layer_of("model.layers.12.mlp.up_proj.weight"), layer_of("lm_head.weight")
+    (12, None)
+    """
+    m = re.search(r"(?:^|\.)(\d+)(?:\.|$)", name)
+    return int(m.group(1)) if m else None
+
+
+def _unit_index(G: nx.DiGraph, axis_node, factor_nodes: tuple, radices: tuple[int, ...]) -> np.ndarray | None:
+    """Unit index per position for a group over ``factor_nodes`` (mixed radix), -1 where absent."""
+    pos = positions(G, axis_node)
+    if any(f not in pos for f in factor_nodes):
+        return None
+    arrs = []
+    for f in factor_nodes:
+        occ = np.stack(pos[f])  # (occurrences, positions); occurrences never overlap in Cat layouts
+        if ((occ >= 0).sum(axis=0) > 1).any():
+            return None  # the same factor twice at one position (Prod(a, a)): not a unit layout
+        arrs.append(occ.max(axis=0))
+    present = np.all([a >= 0 for a in arrs], axis=0)
+    idx = np.zeros_like(arrs[0])
+    for a, r in zip(arrs, radices):
+        idx = idx * r + a
+    return np.where(present, idx, -1)
+
+
+def _members(G: nx.DiGraph, factor_nodes: tuple, params: dict) -> list[Member]:
+    radices = tuple(G.nodes[f]["size"] for f in factor_nodes)
+    axes = set(axes_containing(G, factor_nodes[0]))
+    for f in factor_nodes[1:]:
+        axes &= set(axes_containing(G, f))
+    out = []
+    for node in sorted(axes):
+        unit_of = _unit_index(G, node, factor_nodes, radices)
+        if unit_of is not None and (unit_of >= 0).any():
+            out.append(Member(node[1], node[2], unit_of, node[0]))
+    return out
+
+
+def _unit_params(members: list[Member], shapes: dict[str, tuple[int, ...]]) -> int:
+    """Parameters removed with unit 0 (a parameter cut on two axes is counted once)."""
+    by_param: dict[str, list[Member]] = {}
+    for m in members:
+        if m.kind == "param":
+            by_param.setdefault(m.param, []).append(m)
+    total = 0
+    for name, ms in by_param.items():
+        shape = list(shapes[name])
+        kept = list(shape)
+        for m in ms:
+            kept[m.axis] -= len(m.indices(0))
+        total += int(np.prod(shape)) - int(np.prod(kept))
+    return total
+
+
+def segments(t) -> list[frozenset]:
+    """The distinct sets of factors that index one position of a layout.
+
+    In a fused ``qkv = Cat(Prod(kv, rep, d), Prod(kv, d), Prod(kv, d))`` a key row is
+    indexed by ``{kv, d}``: ``kv`` without ``rep`` is what marks ``kv`` as the KV-head factor.
+
+    >>> kv, rep, d = Factor(4), Factor(2), Factor(8)
+    >>> sorted(len(s) for s in segments(Cat((Prod((kv, rep, d)), Prod((kv, d))))))
+    [2, 3]
+    """
+    t = resolve(t)
+    if isinstance(t, Factor):
+        return [frozenset([t])]
+    if isinstance(t, Cat):
+        return list(dict.fromkeys(s for c in t.children for s in segments(c)))
+    out = [frozenset()]
+    for c in t.children:
+        out = list(dict.fromkeys(a | b for a in out for b in segments(c)))
+    return out
+
+
+def classify(trace: Trace) -> dict[str, object]:
+    """Root factors by role: data, head (per attention site), head-dim (atomic), hidden, inexact."""
+    data = {f for t in trace.data_terms for f in factors(t)}
+    heads: list[list] = []
+    atomic: set = set()
+    for site in trace.sites.get("contraction", []):
+        hs = [f for t in site["batch"] for f in factors(t) if f not in data]
+        if not hs:
+            continue
+        heads.append(hs)
+        for t in site["contracted"] + site["free"]:
+            atomic.update(f for f in factors(t) if f not in data)
+    hidden = {f for s in trace.sites.get("embedding", []) for f in factors(s["out"])}
+    inexact = {f for s in trace.sites.get("normalized", []) for t in s["terms"] for f in factors(t)}
+    return {"data": data, "heads": heads, "atomic": atomic, "hidden": hidden, "inexact": inexact}
+
+
+def find_groups(trace: Trace, G: nx.DiGraph | None = None) -> list[Group]:
+    """All prunable groups of a traced model, ordered by layer then kind.
+
+    Parameters
+    ----------
+    trace : Trace
+        The result of :func:`depgraph.trace`.
+    G : networkx.DiGraph, optional
+        Its dependency graph (built if not given).
+
+    Returns
+    -------
+    list of Group
+    """
+    G = build_graph(trace) if G is None else G
+    roles = classify(trace)
+    shapes = {n: i.shape for n, i in trace.params.items()}
+    param_factors = {f for info in trace.params.values() for t in info.axes for f in factors(t)}
+    seen: set = set()
+    groups: list[Group] = []
+
+    def node(f):
+        return term_key(resolve(f))
+
+    def prunable(f):
+        return f in param_factors and not f.frozen and f not in roles["data"] and f not in roles["atomic"]
+
+    def add(kind, fs, per_block=None):
+        key = tuple(node(f) for f in fs)
+        members = _members(G, key, trace.params)
+        if not members:
+            return
+        layers = {layer_of(m.param) for m in members if m.kind == "param"}
+        layer = layers.pop() if len(layers) == 1 else None
+        n_units = int(np.prod([f.size for f in fs]))
+        groups.append(
+            Group(
+                id="",
+                kind=kind,
+                layer=layer,
+                n_units=n_units,
+                members=members,
+                unit_params=_unit_params(members, shapes),
+                exact=not any(f in roles["inexact"] for f in fs),
+                factors=key,
+                units_per_block=per_block,
+            )
+        )
+
+    axis_factors = [fs for info in trace.params.values() for t in info.axes for fs in segments(t)]
+    for hs in roles["heads"]:
+        hs = [f for f in dict.fromkeys(hs) if prunable(f)]
+        if not hs or tuple(hs) in seen:
+            continue
+        seen.add(tuple(hs))
+        seen.update(hs)
+        # a KV factor also indexes some parameter axis without the query-only (repeat) factors
+        kv = [f for f in hs if any(f in fs and not set(hs) <= fs for fs in axis_factors)] if len(hs) > 1 else hs
+        rep = [f for f in hs if f not in kv]
+        if not rep:
+            add("attention_head", tuple(kv))
+        elif not kv:
+            add("query_head", tuple(rep), int(np.prod([r.size for r in rep])))
+        else:
+            add("kv_group", tuple(kv))
+            add("query_head", tuple(kv + rep), int(np.prod([r.size for r in rep])))
+    for f in sorted(roles["hidden"], key=lambda f: f.id):
+        if prunable(f) and f not in seen:
+            seen.add(f)
+            add("hidden_channel", (f,))
+    linear_factors = set()
+    for s in trace.sites.get("linear", []):
+        linear_factors.update(factors(s["inp"]))
+        linear_factors.update(factors(s["out"]))
+    for f in sorted(param_factors, key=lambda f: f.id):
+        if prunable(f) and f not in seen:
+            seen.add(f)
+            add("mlp_channel" if f in linear_factors else "channel", (f,))
+    for g in groups:
+        if g.kind == "mlp_channel" and g.layer is None:
+            g.kind = "channel"
+    groups.sort(key=lambda g: (g.layer is None, g.layer if g.layer is not None else 0, KINDS.index(g.kind)))
+    counts: dict[tuple, int] = {}
+    for g in groups:
+        base = f"{g.kind}@{'all' if g.layer is None else g.layer}"
+        n = counts.get(base, 0)
+        counts[base] = n + 1
+        g.id = base if n == 0 else f"{base}#{n}"
+    return groups
+
+
+__all__ = ["Group", "Member", "KINDS", "find_groups", "layer_of", "classify"]

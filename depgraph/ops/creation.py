@@ -1,0 +1,61 @@
+"""Tensor factories, assertions, tuple access and higher-order wrappers."""
+
+from __future__ import annotations
+
+from .registry import TensorInfo, register
+
+FACTORIES = [
+    "aten.arange", "aten.full", "aten.zeros", "aten.ones", "aten.empty", "aten.scalar_tensor",
+    "aten.new_ones", "aten.new_zeros", "aten.new_full", "aten.new_empty", "aten.zeros_like",
+    "aten.ones_like", "aten.full_like", "aten.empty_like", "aten.rand", "aten.randn", "aten.randint",
+    "aten.rand_like", "aten.randn_like", "aten.linspace", "aten.tensor", "aten.empty_strided",
+    "aten.empty_permuted", "aten.bernoulli", "aten.lift_fresh",
+]
+
+
+@register(*FACTORIES)
+def factory(tr, node, *args, **kwargs):
+    """A new tensor whose values do not depend on any traced index space."""
+    return tr.fresh(tr.out_shape(node), "const")
+
+
+@register(
+    "aten._assert_tensor_metadata", "aten._assert_scalar", "aten._assert_async",
+    "aten.sym_constrain_range", "aten.sym_constrain_range_for_size", "aten._print",
+    "_assert_scalar", "_assert_tensor_metadata",
+)
+def assertion(tr, node, *args, **kwargs):
+    return None
+
+
+@register("aten.sym_size", "aten.sym_numel", "aten.sym_stride", "aten._local_scalar_dense", "aten.item")
+def scalar(tr, node, *args, **kwargs):
+    return node.meta.get("val")
+
+
+@register("getitem")
+def getitem(tr, node, seq, index):
+    return seq[index]
+
+
+@register("wrap_with_set_grad_enabled")
+def set_grad(tr, node, enabled, submod, *args):
+    """``with torch.no_grad():`` regions are exported as sub-graphs: interpret them in place."""
+    return tr.run_graph(submod.graph, list(args), submod)
+
+
+@register("wrap_with_autocast")
+def autocast(tr, node, device, dtype, enabled, cache, submod, *args):
+    return tr.run_graph(submod.graph, list(args), submod)
+
+
+@register("aten.diff")
+def diff(tr, node, x, n=1, dim=-1, prepend=None, append=None):
+    from ..layout import freeze
+
+    freeze(x.axes[dim % x.ndim])
+    shape = tr.out_shape(node)
+    axes = list(x.axes)
+    axes[dim % x.ndim] = tr.axis(shape[dim % x.ndim], "conflict")
+    freeze(axes[dim % x.ndim])
+    return TensorInfo(shape, tuple(axes))

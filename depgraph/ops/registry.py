@@ -1,0 +1,88 @@
+"""The handler registry: one function per ATen op family.
+
+A handler receives the tracer (for fresh factors, unification and annotations), the fx
+node, and the node's arguments with every tensor replaced by its :class:`TensorInfo`.
+It returns the abstract value of the node's result: a :class:`TensorInfo`, a tuple of
+them, or a plain Python value.
+
+>>> import torch
+>>> @register("aten.my_identity")
+... def _identity(tr, node, x, *args, **kwargs):
+...     return x
+>>> lookup(torch.ops.aten.neg.default) is not None
+True
+>>> del HANDLERS["aten.my_identity"]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..layout import Term
+
+Handler = Callable[..., Any]
+HANDLERS: dict[str, Handler] = {}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Abstract value of a tensor: its shape and the layout term of every axis."""
+
+    shape: tuple[int, ...]
+    axes: tuple[Term, ...]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+def op_key(target: Any) -> str:
+    """Stable key of an fx call target: ``aten.add.Tensor`` or ``getitem``."""
+    name = getattr(target, "_name", None)  # OpOverload: "aten::add.Tensor"
+    if isinstance(name, str) and "::" in name:
+        ns, rest = name.split("::", 1)
+        overload = getattr(target, "_overloadname", "default") or "default"
+        base = rest.split(".")[0]
+        return f"{ns}.{base}.{overload}"
+    return getattr(target, "__name__", str(target))
+
+
+def register(*names: str) -> Callable[[Handler], Handler]:
+    """Register a handler for op families (``"aten.add"``) or exact overloads (``"aten.add.Tensor"``)."""
+
+    def deco(fn: Handler) -> Handler:
+        for n in names:
+            if n in HANDLERS:
+                raise ValueError(f"a handler for {n!r} is already registered ({HANDLERS[n].__qualname__})")
+            HANDLERS[n] = fn
+        return fn
+
+    return deco
+
+
+def lookup(target: Any) -> Handler | None:
+    """The handler for an fx call target: exact overload first, then the op family."""
+    key = op_key(target)
+    if key in HANDLERS:
+        return HANDLERS[key]
+    family = key.rsplit(".", 1)[0] if key.count(".") >= 2 else key
+    return HANDLERS.get(family)
+
+
+def bind(node: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """Arguments by schema name (``{"self": x, "dim": [-1], "keepdim": True}``), defaults filled in."""
+    schema = getattr(node.target, "_schema", None)
+    if schema is None:
+        raise TypeError(f"{op_key(node.target)} has no schema to bind arguments against")
+    out: dict[str, Any] = {}
+    for i, a in enumerate(schema.arguments):
+        if i < len(args):
+            out[a.name] = args[i]
+        elif a.name in kwargs:
+            out[a.name] = kwargs[a.name]
+        elif a.has_default_value():
+            out[a.name] = a.default_value
+        else:
+            out[a.name] = None
+    return out

@@ -1,0 +1,321 @@
+"""Size-carrying module attributes: update them after slicing, and prove the update right.
+
+Two mechanisms:
+
+1. **Shape adapters** -- a small registry from module class to a function that re-derives
+   its size attributes from its (already sliced) weights: ``nn.Linear``, ``nn.Embedding``,
+   ``nn.LayerNorm`` and transformers' ``Conv1D`` are built in.  This is the extension point
+   for a new architecture whose module stores sizes in a way the search below cannot find::
+
+       from pruners.attributes import register_shape_adapter
+
+       @register_shape_adapter("my_models.FusedQKV")
+       def _fused_qkv(module):
+           module.q_size = module.weight.shape[0] // 3
+
+2. **Inferred attributes** -- any other ``int`` attribute of a module (or field of its
+   ``config``) whose value equals the old size of a pruned structure in the module's
+   parameters (heads, KV heads, a fused segment, the hidden size) is a candidate.  An
+   attribute whose value differs between layers (``layer_idx``) never is.  Choices are made
+   per attribute name across layers; only modules that own a sliced parameter, or whose direct
+   children do, are considered.  The pruned model is then **re-traced**: its layouts must
+   equal the expected ones, or the next choice is tried.  Nothing unverified is returned.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import re
+from typing import Callable, Iterable, Mapping
+
+from torch import nn
+
+from depgraph.layout import Cat, Factor, Prod, resolve
+from depgraph.tracer import Trace, meta_copy, trace
+
+ShapeAdapter = Callable[[nn.Module], None]
+SHAPE_ADAPTERS: dict[str, ShapeAdapter] = {}
+
+
+class AttributeInferenceError(RuntimeError):
+    """No assignment of size attributes reproduces the expected pruned layouts."""
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register_shape_adapter(cls: type | str) -> Callable[[ShapeAdapter], ShapeAdapter]:
+    """Register ``fn(module)`` that updates size attributes of modules of class ``cls`` from their weights."""
+    key = cls if isinstance(cls, str) else _qualname(cls)
+
+    def deco(fn: ShapeAdapter) -> ShapeAdapter:
+        SHAPE_ADAPTERS[key] = fn
+        return fn
+
+    return deco
+
+
+def shape_adapter_for(module: nn.Module) -> ShapeAdapter | None:
+    for cls in type(module).__mro__:
+        fn = SHAPE_ADAPTERS.get(_qualname(cls))
+        if fn is not None:
+            return fn
+    return None
+
+
+@register_shape_adapter(nn.Linear)
+def _linear(m: nn.Linear) -> None:
+    m.out_features, m.in_features = m.weight.shape
+
+
+@register_shape_adapter(nn.Embedding)
+def _embedding(m: nn.Embedding) -> None:
+    m.num_embeddings, m.embedding_dim = m.weight.shape
+
+
+@register_shape_adapter(nn.LayerNorm)
+def _layer_norm(m: nn.LayerNorm) -> None:
+    ref = m.weight if m.weight is not None else m.bias
+    if ref is not None:
+        m.normalized_shape = tuple(ref.shape)
+
+
+@register_shape_adapter("transformers.pytorch_utils.Conv1D")
+def _conv1d(m: nn.Module) -> None:
+    m.nx, m.nf = m.weight.shape
+
+
+def apply_shape_adapters(model: nn.Module, touched: Iterable[str]) -> None:
+    """Run the shape adapter of every module owning a sliced parameter."""
+    owners = {name.rpartition(".")[0] for name in touched}
+    for path in sorted(owners):
+        mod = model.get_submodule(path) if path else model
+        fn = shape_adapter_for(mod)
+        if fn is not None:
+            fn(mod)
+
+
+# -- expected layouts -------------------------------------------------------------------------
+
+
+def signature(t, new_size: Mapping[Factor, int]) -> tuple:
+    """The layout of ``t`` with pruned factor sizes substituted, as nested tuples of sizes."""
+    t = resolve(t)
+    if isinstance(t, Factor):
+        n = new_size.get(t, t.size)
+        return ("F", n)
+    kids = [signature(c, new_size) for c in t.children]
+    if isinstance(t, Prod):
+        flat = []
+        for k in kids:
+            if k == ("F", 1):
+                continue
+            flat.extend(k[1] if k[0] == "P" else [k])
+        return flat[0] if len(flat) == 1 else ("P", tuple(flat)) if flat else ("F", 1)
+    flat = []
+    for k in kids:
+        if k == ("F", 0):
+            continue
+        flat.extend(k[1] if k[0] == "C" else [k])
+    return flat[0] if len(flat) == 1 else ("C", tuple(flat))
+
+
+def sig_size(sig: tuple) -> int:
+    if sig[0] == "F":
+        return sig[1]
+    sizes = [sig_size(c) for c in sig[1]]
+    if sig[0] == "P":
+        out = 1
+        for s in sizes:
+            out *= s
+        return out
+    return sum(sizes)
+
+
+def quantities(t, new_size: Mapping[Factor, int]) -> set[tuple[int, int]]:
+    """(old, new) sizes a module could store for a layout: factors, runs of a product, segments.
+
+    Inside a product only whole children count (the RoPE halves inside a head dim do not).
+    """
+    t = resolve(t)
+    if isinstance(t, Factor):
+        return {(t.size, new_size.get(t, t.size))}
+    if isinstance(t, Cat):
+        out = {(sum(c.size if isinstance(c, Factor) else _old(c) for c in t.children), _new(t, new_size))}
+        for c in t.children:
+            out |= quantities(c, new_size)
+        return out
+    olds = [_old(c) for c in t.children]
+    news = [_new(c, new_size) for c in t.children]
+    out = set()
+    for i in range(len(olds)):
+        o = n = 1
+        for j in range(i, len(olds)):
+            o *= olds[j]
+            n *= news[j]
+            out.add((o, n))
+    for c in t.children:
+        if isinstance(resolve(c), Prod):
+            out |= quantities(c, new_size)
+    return out
+
+
+def _old(t) -> int:
+    from depgraph.layout import size
+
+    return size(resolve(t))
+
+
+def _new(t, new_size) -> int:
+    return sig_size(signature(t, new_size))
+
+
+# -- candidate attributes ---------------------------------------------------------------------
+
+
+def _relkey(path: str) -> str:
+    return re.sub(r"(?:(?<=^)|(?<=\.))\d+(?=\.|$)", "*", path)
+
+
+def _near(path: str, param: str, depth: int = 2) -> bool:
+    """``param`` is owned by ``path`` or by one of its direct children."""
+    prefix = f"{path}." if path else ""
+    if not param.startswith(prefix):
+        return False
+    return param[len(prefix) :].count(".") < depth
+
+
+def _int_attrs(mod: nn.Module) -> dict[str, int]:
+    out = {k: v for k, v in vars(mod).items() if type(v) is int and v > 1 and not k.startswith("_")}
+    cfg = getattr(mod, "config", None)
+    if cfg is not None and hasattr(cfg, "to_dict") and not isinstance(cfg, nn.Module):
+        for k, v in vars(cfg).items():
+            if type(v) is int and v > 1 and not k.startswith("_"):
+                out[f"config.{k}"] = v
+    return out
+
+
+def candidates(model: nn.Module, tr: Trace, new_size: Mapping[Factor, int]) -> dict[tuple[str, str], dict[str, tuple[int, set[int], bool]]]:
+    """(relative module key, attribute) -> {module path: (value, changed new values, could stay)}."""
+    per_param = {name: set().union(*(quantities(t, new_size) for t in info.axes)) for name, info in tr.params.items()}
+    found: dict[tuple[str, str], dict[str, tuple[int, set[int], bool]]] = {}
+    values: dict[tuple[str, str], set[int]] = {}
+    for path, mod in model.named_modules():
+        if shape_adapter_for(mod) is not None:
+            continue
+        # only modules that own the parameters or their direct children: the root's
+        # ``config.eos_token_id == 2`` must never follow a pruned size that happens to be 2
+        qs = set().union(set(), *(q for n, q in per_param.items() if _near(path, n)))
+        changed = {(o, n) for o, n in qs if o != n}
+        if not changed:
+            continue
+        for attr, v in _int_attrs(mod).items():
+            values.setdefault((_relkey(path), attr), set()).add(v)
+            news = {n for o, n in changed if o == v}
+            if news:
+                stay = any(o == v and n == v for o, n in qs)
+                found.setdefault((_relkey(path), attr), {})[path] = (v, news, stay)
+    # an attribute whose value differs between layers (layer_idx) carries no size
+    return {k: v for k, v in found.items() if len(values.get(k, ())) == 1}
+
+
+def _set(model: nn.Module, path: str, attr: str, value: int, own_configs: dict) -> None:
+    mod = model.get_submodule(path) if path else model
+    if attr.startswith("config."):
+        if path not in own_configs:
+            own_configs[path] = copy.copy(mod.config)
+            mod.config = own_configs[path]
+        setattr(mod.config, attr[len("config.") :], value)
+    else:
+        setattr(mod, attr, value)
+
+
+def infer_attributes(
+    model: nn.Module,
+    tr: Trace,
+    new_size: Mapping[Factor, int],
+    max_attempts: int = 24,
+) -> list[tuple[str, str, int]]:
+    """Update size attributes of the (sliced) ``model`` in place; return ``(path, attr, value)`` changes.
+
+    Raises :class:`AttributeInferenceError` if no tried assignment re-traces to the expected layouts.
+    """
+    expected = {name: tuple(signature(t, new_size) for t in info.axes) for name, info in tr.params.items()}
+    cands = candidates(model, tr, new_size)
+    keys = sorted(cands)
+    # default: change when the value matches only changed structures, keep when it is ambiguous
+    # config fields start unchanged (a shared config holds token ids and the like); they are flipped only if needed
+    default = {
+        k: not k[1].startswith("config.") and all(not stay and len(news) == 1 for _, news, stay in cands[k].values())
+        for k in keys
+    }
+    tried = 0
+    last_error = ""
+    for flips in _flip_sets(keys, default):
+        choice = {k: (not default[k]) if k in flips else default[k] for k in keys}
+        if any(choice[k] and any(len(news) != 1 for _, news, _ in cands[k].values()) for k in keys):
+            continue
+        changes = [(path, attr, next(iter(news))) for (rk, attr) in keys if choice[(rk, attr)] for path, (_, news, _) in cands[(rk, attr)].items()]
+        trial = meta_copy(model)
+        configs: dict = {}
+        for path, attr, value in changes:
+            _set(trial, path, attr, value, configs)
+        tried += 1
+        ok, last_error = _verify(trial, expected)
+        if ok:
+            configs = {}
+            for path, attr, value in changes:
+                _set(model, path, attr, value, configs)
+            return changes
+        if tried >= max_attempts:
+            break
+    raise AttributeInferenceError(
+        f"could not infer the size attributes of the pruned model after {tried} attempts "
+        f"(candidates: {[f'{rk}.{a}' for rk, a in keys]}; last mismatch: {last_error}). "
+        "Register a shape adapter with pruners.attributes.register_shape_adapter for the module that stores sizes."
+    )
+
+
+def _flip_sets(keys: list, default: dict) -> Iterable[frozenset]:
+    ambiguous = [k for k in keys if not default[k]]
+    rest = [k for k in keys if default[k]]
+    order = ambiguous + rest
+    yield frozenset()
+    for r in range(1, len(order) + 1):
+        for combo in itertools.combinations(order, r):
+            yield frozenset(combo)
+
+
+def _verify(model: nn.Module, expected: Mapping[str, tuple]) -> tuple[bool, str]:
+    fake_log = logging.getLogger("torch._subclasses.fake_tensor")
+    level = fake_log.level
+    fake_log.setLevel(logging.CRITICAL)  # a rejected assignment fails inside fake-tensor shape checks
+    try:
+        tr = trace(model)
+    except Exception as e:  # any failure to trace means this assignment is wrong
+        return False, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    finally:
+        fake_log.setLevel(level)
+    for name, sigs in expected.items():
+        if name not in tr.params:
+            return False, f"{name} missing"
+        got = tuple(signature(t, {}) for t in tr.params[name].axes)
+        if _canon(got) != _canon(sigs):
+            return False, f"{name}: expected {sigs}, traced {got}"
+    return True, ""
+
+
+def _canon(sigs: tuple) -> tuple:
+    """Compare layouts up to how free factors happen to be split (``Cat(F4, F4)`` vs ``F8``)."""
+    return tuple(_leaves(s) for s in sigs)
+
+
+def _leaves(sig: tuple) -> tuple:
+    if sig[0] == "F":
+        return ("F", sig[1])
+    if sig[0] == "C":
+        return ("F", sig_size(sig)) if all(c[0] == "F" for c in sig[1]) else ("C", tuple(_leaves(c) for c in sig[1]))
+    return ("P", tuple(_leaves(c) for c in sig[1]))

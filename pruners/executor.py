@@ -1,0 +1,157 @@
+"""The executor: physically remove the selected units of each group from a copy of the model.
+
+Parameters, biases, norm weights and buffers are sliced along every member axis; module
+attributes that carry sizes are updated (see :mod:`pruners.attributes`); the result is
+re-traced and its layouts compared with the expected ones, so a wrong attribute update
+can never pass silently.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from depgraph.groups import Group
+
+
+class PlanError(ValueError):
+    """A pruning plan that cannot be executed (unknown group, every unit removed, ...)."""
+
+
+@dataclass
+class PruneRecord:
+    """What the executor changed: enough to rebuild the pruned model from the original config."""
+
+    shapes: dict[str, list[int]] = field(default_factory=dict)
+    attributes: list[tuple[str, str, object]] = field(default_factory=list)  # (module path, attr, value)
+    kept: dict[str, list[int]] = field(default_factory=dict)  # group id -> kept units
+
+    def to_dict(self) -> dict:
+        return {
+            "shapes": self.shapes,
+            "attributes": [[m, a, v] for m, a, v in self.attributes],
+            "kept": self.kept,
+        }
+
+
+def validate_keep(groups: Sequence[Group], keep: Mapping[str, Sequence[int]]) -> dict[str, np.ndarray]:
+    """Check a plan against the groups; return sorted unique kept units per group id."""
+    by_id = {g.id: g for g in groups}
+    out: dict[str, np.ndarray] = {}
+    for gid, units in keep.items():
+        if gid not in by_id:
+            raise PlanError(f"unknown group {gid!r}; valid ids are e.g. {sorted(by_id)[:6]}")
+        g = by_id[gid]
+        u = np.unique(np.asarray(list(units), dtype=np.int64))
+        if len(u) == 0:
+            where = f"layer {g.layer}" if g.layer is not None else "the model"
+            raise PlanError(f"the plan removes every {g.kind} unit of {where} (group {gid}); keep at least one")
+        if u.min() < 0 or u.max() >= g.n_units:
+            raise PlanError(f"group {gid} has units 0..{g.n_units - 1}; got {u.min()}..{u.max()}")
+        if g.kind == "query_head" and g.units_per_block:
+            blocks = np.bincount(u // g.units_per_block, minlength=g.n_units // g.units_per_block)
+            live = blocks[blocks > 0]
+            if len(set(live.tolist())) > 1:
+                raise PlanError(
+                    f"group {gid}: query heads must be kept in equal numbers per KV group, got {blocks.tolist()}"
+                )
+        out[gid] = u
+    return out
+
+
+def kept_positions(groups: Sequence[Group], keep: Mapping[str, np.ndarray]) -> dict[tuple[str, int], np.ndarray]:
+    """For each (parameter or buffer, axis) touched by the plan: the positions that stay."""
+    masks: dict[tuple[str, int], np.ndarray] = {}
+    for g in groups:
+        if g.id not in keep:
+            continue
+        kept = keep[g.id]
+        for m in g.members:
+            key = (m.param, m.axis)
+            mask = (m.unit_of < 0) | np.isin(m.unit_of, kept)
+            masks[key] = masks[key] & mask if key in masks else mask
+    return {k: np.flatnonzero(v) for k, v in masks.items() if not v.all()}
+
+
+def _get(model: nn.Module, path: str):
+    mod_path, _, attr = path.rpartition(".")
+    mod = model.get_submodule(mod_path) if mod_path else model
+    return mod, attr
+
+
+def slice_tensors(model: nn.Module, positions: Mapping[tuple[str, int], np.ndarray], aliases: Mapping[str, list[str]]) -> dict[str, list[int]]:
+    """Slice parameters and buffers of ``model`` in place; tied parameters stay tied."""
+    by_name: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for (name, axis), pos in positions.items():
+        by_name.setdefault(name, []).append((axis, pos))
+    shapes: dict[str, list[int]] = {}
+    for name, cuts in sorted(by_name.items()):
+        mod, attr = _get(model, name)
+        old = getattr(mod, attr)
+        data = old.data
+        for axis, pos in cuts:
+            data = data.index_select(axis, torch.as_tensor(pos, device=data.device))
+        data = data.contiguous()
+        if isinstance(old, nn.Parameter):
+            new = nn.Parameter(data, requires_grad=old.requires_grad)
+            for alias in aliases.get(name, [name]):
+                amod, aattr = _get(model, alias)
+                setattr(amod, aattr, new)
+        else:
+            mod._buffers[attr] = data
+        shapes[name] = list(data.shape)
+    return shapes
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy; the input model is never modified."""
+    return copy.deepcopy(model)
+
+
+def new_factor_sizes(groups: Sequence[Group], keep: Mapping[str, np.ndarray], factor_by_key: Mapping) -> dict:
+    """Factor -> size after pruning, for every factor of a planned group."""
+    out: dict = {}
+    for g in groups:
+        if g.id not in keep:
+            continue
+        kept = keep[g.id]
+        fs = [factor_by_key[k] for k in g.factors]
+        if len(fs) == 1:
+            out[fs[0]] = len(kept)
+            continue
+        per_block = g.units_per_block or 1
+        reps = [f for f in fs if f.size != 1][-1:]
+        blocks = np.unique(kept // per_block)
+        out[fs[0]] = min(out.get(fs[0], len(blocks)), len(blocks))
+        if reps:
+            out[reps[0]] = len(kept) // len(blocks)
+    return out
+
+
+def execute(model: nn.Module, trace, groups: Sequence[Group], keep: Mapping[str, Sequence[int]]) -> tuple[nn.Module, PruneRecord]:
+    """Return a pruned copy of ``model`` keeping ``keep[group_id]`` units of each planned group.
+
+    ``trace`` and ``groups`` come from tracing a model with the same structure (a meta copy is
+    fine).  The input model is not modified.
+    """
+    from depgraph.layout import factors as _factors
+
+    from .attributes import apply_shape_adapters, infer_attributes
+
+    kept = validate_keep(groups, keep)
+    positions = kept_positions(groups, kept)
+    pruned = copy_model(model)
+    shapes = slice_tensors(pruned, positions, trace.aliases)
+    apply_shape_adapters(pruned, [alias for n in shapes for alias in trace.aliases.get(n, [n])])
+    from depgraph.graph import term_key
+
+    factor_by_key = {term_key(f): f for info in trace.params.values() for t in info.axes for f in _factors(t)}
+    new_size = new_factor_sizes(groups, kept, factor_by_key)
+    attrs = infer_attributes(pruned, trace, new_size)
+    record = PruneRecord(shapes=shapes, attributes=attrs, kept={k: v.tolist() for k, v in kept.items()})
+    return pruned, record

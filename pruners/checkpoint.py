@@ -1,0 +1,167 @@
+"""Loading models and saving/loading pruned ones.
+
+A pruned model is saved as a Hugging Face directory (safetensors weights, ``config.json``,
+tokenizer files copied from the source) whose config keeps the source architecture's fields
+and adds a ``depprune`` section: every pruned tensor's shape and every size attribute the
+executor changed.  :func:`load_model` rebuilds the architecture on the meta device, applies
+that record and loads the weights -- per-layer sizes survive the round trip.  Writing goes to
+a temporary directory renamed into place, so a failure never leaves a partial output.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .executor import PruneRecord, _get
+
+FORMAT = 1
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt")
+
+
+class ModelSourceError(ValueError):
+    """The given path is not a loadable model."""
+
+
+def check_model_dir(path: str | os.PathLike) -> Path:
+    """A directory with a ``config.json``, or a clear error naming what is wrong."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelSourceError(f"model directory {str(path)!r} does not exist")
+    if not p.is_dir():
+        raise ModelSourceError(f"model path {str(path)!r} is not a directory")
+    if not (p / "config.json").is_file():
+        raise ModelSourceError(f"{str(path)!r} is not a model directory: it has no config.json")
+    return p
+
+
+def has_weights(path: Path) -> bool:
+    return any((path / f).exists() for f in WEIGHT_FILES)
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        return json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ModelSourceError(f"{path / 'config.json'} is not valid JSON: {e}") from e
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu", weights: bool = True) -> nn.Module:
+    """Load a causal LM from a directory (plain HF or depprune output) in fp32, in eval mode.
+
+    With ``weights=False`` or a directory holding only ``config.json``, the model is built on
+    the meta device: nothing is allocated, so any size can be inspected.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    p = check_model_dir(path)
+    raw = _read_config(p)
+    try:
+        config = AutoConfig.from_pretrained(p)
+    except Exception as e:
+        raise ModelSourceError(f"{str(path)!r}: transformers cannot read its config: {e}") from e
+    load_weights = weights and has_weights(p)
+    if "depprune" in raw or not load_weights:
+        # weights come later: build on meta, or on the device when non-persistent buffers
+        # (rotary inv_freq) must be computed for real
+        with torch.device(device if load_weights else "meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        if "depprune" in raw:
+            apply_record(model, raw["depprune"])
+        if load_weights:
+            _load_state(model, p, device)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32).to(device)
+    return model.eval()
+
+
+def apply_record(model: nn.Module, section: dict) -> None:
+    """Give ``model`` (on meta) the pruned shapes and size attributes stored in a config's ``depprune`` section."""
+    if section.get("format") != FORMAT:
+        raise ModelSourceError(f"unsupported depprune format {section.get('format')!r}; this version reads {FORMAT}")
+    rec = section["record"]
+    params = dict(model.named_parameters(remove_duplicate=False))
+    aliases: dict[int, list[str]] = {}
+    for name, prm in params.items():
+        aliases.setdefault(id(prm), []).append(name)
+    for name, shape in rec["shapes"].items():
+        mod, attr = _get(model, name)
+        old = getattr(mod, attr)
+        new = torch.empty(shape, dtype=old.dtype, device=old.device)
+        if isinstance(old, nn.Parameter):
+            new = nn.Parameter(new, requires_grad=old.requires_grad)
+            for alias in aliases.get(id(old), [name]):
+                amod, aattr = _get(model, alias)
+                setattr(amod, aattr, new)
+        else:
+            mod._buffers[attr] = new
+    from .attributes import apply_shape_adapters
+
+    apply_shape_adapters(model, rec["shapes"].keys() | {a for n in rec["shapes"] for a in _alias_names(params, n)})
+    own: dict = {}
+    for path, attr, value in rec["attributes"]:
+        mod = model.get_submodule(path) if path else model
+        if attr.startswith("config."):
+            if path not in own:
+                own[path] = copy.copy(mod.config)
+                mod.config = own[path]
+            setattr(mod.config, attr[len("config.") :], value)
+        else:
+            setattr(mod, attr, value)
+
+
+def _alias_names(params: dict, name: str) -> list[str]:
+    target = params.get(name)
+    return [n for n, p in params.items() if p is target] if target is not None else []
+
+
+def _load_state(model: nn.Module, path: Path, device: str) -> None:
+    from safetensors.torch import load_file
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ModelSourceError(f"{path} holds no safetensors weights")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f), device=device))
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
+    really_missing = [m for m in missing if m not in tied]
+    if really_missing or unexpected:
+        raise ModelSourceError(f"{path}: weights do not match the pruned architecture (missing {really_missing[:5]}, unexpected {unexpected[:5]})")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+
+
+def save_pruned(model: nn.Module, out: str | os.PathLike, record: PruneRecord, source: str | os.PathLike | None = None, force: bool = False) -> Path:
+    """Write the pruned model to ``out`` atomically (temporary directory, then rename)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise FileExistsError(f"output {str(out)!r} exists and is not empty; pass --force to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        cfg = json.loads((tmp / "config.json").read_text())
+        cfg["depprune"] = {"format": FORMAT, "record": record.to_dict()}
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        if source is not None:
+            for f in TOKENIZER_FILES:
+                if (Path(source) / f).is_file():
+                    shutil.copy2(Path(source) / f, tmp / f)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+

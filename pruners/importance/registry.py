@@ -1,0 +1,156 @@
+"""Importance estimators and aggregations: small protocols, explicit registries.
+
+An estimator scores every unit of a group, separately for each member (parameter axis):
+``score(group, ctx) -> Tensor (n_members, n_units)``.  An aggregation reduces those rows to
+one score per unit.  Both are registered by name, an estimator with its pydantic config::
+
+    from pydantic import BaseModel, Field
+    from pruners.importance import register_estimator
+
+    class MyConfig(BaseModel):
+        power: float = Field(2.0, description="exponent applied to |w|")
+
+    @register_estimator("my-magnitude", config=MyConfig)
+    class MyMagnitude:
+        def __init__(self, config: MyConfig):
+            self.config = config
+
+        def score(self, group, ctx):
+            return member_reduce(group, ctx, lambda w: w.abs().pow(self.config.power))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+from torch import nn
+
+from depgraph.groups import Group
+
+
+@dataclass
+class ScoringContext:
+    """What estimators may read: the model's named parameters and a seeded generator."""
+
+    model: nn.Module
+    generator: torch.Generator
+    params: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def for_model(cls, model: nn.Module, seed: int = 0) -> "ScoringContext":
+        params = dict(model.named_parameters())
+        params.update(dict(model.named_buffers()))
+        return cls(model=model, generator=torch.Generator().manual_seed(seed), params=params)
+
+
+@runtime_checkable
+class Estimator(Protocol):
+    def score(self, group: Group, ctx: ScoringContext) -> torch.Tensor:
+        """Per-member, per-unit scores: shape ``(n_members, n_units)``; higher means keep."""
+        ...
+
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    name: str
+    factory: Callable[[BaseModel], Estimator]
+    config: type[BaseModel]
+    description: str
+
+
+ESTIMATORS: dict[str, EstimatorSpec] = {}
+AGGREGATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+
+
+def register_estimator(name: str, config: type[BaseModel]):
+    """Register an estimator class (constructed with its config) under ``name``."""
+
+    def deco(cls):
+        if name in ESTIMATORS:
+            raise ValueError(f"estimator {name!r} is already registered")
+        doc = (cls.__doc__ or "").strip().splitlines()
+        ESTIMATORS[name] = EstimatorSpec(name, cls, config, doc[0] if doc else "")
+        return cls
+
+    return deco
+
+
+def register_aggregation(name: str):
+    """Register ``fn(scores (n_members, n_units)) -> (n_units,)`` under ``name``."""
+
+    def deco(fn):
+        if name in AGGREGATIONS:
+            raise ValueError(f"aggregation {name!r} is already registered")
+        AGGREGATIONS[name] = fn
+        return fn
+
+    return deco
+
+
+def make_estimator(name: str, **options) -> Estimator:
+    """Build a registered estimator; unknown names and bad options fail with the valid choices."""
+    if name not in ESTIMATORS:
+        raise KeyError(f"unknown importance {name!r}; registered: {', '.join(sorted(ESTIMATORS))}")
+    spec = ESTIMATORS[name]
+    return spec.factory(spec.config(**options))
+
+
+def aggregate(name: str, scores: torch.Tensor) -> torch.Tensor:
+    if name not in AGGREGATIONS:
+        raise KeyError(f"unknown aggregation {name!r}; registered: {', '.join(sorted(AGGREGATIONS))}")
+    return AGGREGATIONS[name](scores)
+
+
+def member_reduce(group: Group, ctx: ScoringContext, elementwise: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Sum ``elementwise(W)`` over each unit's slice of each member: ``(n_members, n_units)``.
+
+    A member without weights in ``ctx`` (a buffer, a meta tensor) scores zero.
+    """
+    rows = []
+    for m in group.members:
+        w = ctx.params.get(m.param)
+        row = torch.zeros(group.n_units, dtype=torch.float64)
+        if w is not None and w.device.type != "meta":
+            vals = elementwise(w.detach().to(torch.float64))  # same shape as w
+            dims = [d for d in range(vals.ndim) if d != m.axis]
+            per_pos = vals.sum(dim=dims) if dims else vals  # (axis size,)
+            unit_of = torch.as_tensor(m.unit_of)
+            sel = unit_of >= 0
+            row.index_add_(0, unit_of[sel], per_pos[sel.nonzero().squeeze(1)])
+        rows.append(row)
+    return torch.stack(rows)
+
+
+@register_aggregation("sum")
+def _sum(s: torch.Tensor) -> torch.Tensor:
+    return s.sum(0)
+
+
+@register_aggregation("mean")
+def _mean(s: torch.Tensor) -> torch.Tensor:
+    return s.mean(0)
+
+
+@register_aggregation("max")
+def _max(s: torch.Tensor) -> torch.Tensor:
+    return s.max(0).values
+
+
+@register_aggregation("prod")
+def _prod(s: torch.Tensor) -> torch.Tensor:
+    return s.prod(0)
+
+
+@register_aggregation("last")
+def _last(s: torch.Tensor) -> torch.Tensor:
+    """The last member's row (members are ordered by execution: e.g. ``down_proj`` for an MLP channel)."""
+    return s[-1]
+
+
+def unit_scores(group: Group, estimator: Estimator, ctx: ScoringContext, aggregation: str = "sum") -> np.ndarray:
+    """One score per unit of ``group``."""
+    return aggregate(aggregation, estimator.score(group, ctx)).numpy()

@@ -1,0 +1,104 @@
+"""The public Python API: trace -> groups -> scores -> plan -> slice, in one call.
+
+>>> from pruners.pipeline import PruneConfig
+>>> PruneConfig(ratio=0.2, importance="l2").kinds
+['attention', 'mlp_channel']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import nn
+from tqdm.auto import tqdm
+
+from depgraph import meta_copy, trace
+from depgraph.groups import Group, find_groups
+
+from .executor import PruneRecord, execute
+from .importance import AGGREGATIONS, ESTIMATORS, ScoringContext, make_estimator, unit_scores
+from .planner import KindName, Plan, PlannerConfig, plan_uniform
+
+
+class PruneConfig(BaseModel):
+    """One structured-pruning run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ratio: float = Field(..., gt=0.0, lt=1.0, description="fraction of the model's parameters to remove, in (0, 1)")
+    importance: str = Field("l2", description="registered importance estimator (see `depprune prune --help`)")
+    aggregation: str = Field("sum", description="how member scores combine into one score per unit")
+    kinds: list[KindName] = Field(
+        default_factory=lambda: ["attention", "mlp_channel"], description="group kinds to prune"
+    )
+    min_units: int = Field(1, ge=1, description="units every pruned group keeps at least")
+    seed: int = Field(0, description="seed for random importance and any sampling")
+
+    @field_validator("importance")
+    @classmethod
+    def _known_importance(cls, v: str) -> str:
+        if v not in ESTIMATORS:
+            raise ValueError(f"unknown importance {v!r}; registered: {', '.join(sorted(ESTIMATORS))}")
+        return v
+
+    @field_validator("aggregation")
+    @classmethod
+    def _known_aggregation(cls, v: str) -> str:
+        if v not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {v!r}; registered: {', '.join(sorted(AGGREGATIONS))}")
+        return v
+
+    def planner(self) -> PlannerConfig:
+        return PlannerConfig(ratio=self.ratio, kinds=self.kinds, min_units=self.min_units)
+
+
+@dataclass
+class PruneResult:
+    model: nn.Module
+    record: PruneRecord
+    plan: Plan
+    groups: list[Group]
+    params_before: int
+    params_after: int
+
+    @property
+    def achieved_ratio(self) -> float:
+        return 1 - self.params_after / self.params_before
+
+
+def count_params(model: nn.Module) -> int:
+    """Parameters of ``model``, tied weights counted once."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def analyze(model: nn.Module) -> tuple[object, list[Group]]:
+    """Trace a meta copy of ``model`` and find its groups (no weights touched)."""
+    tr = trace(meta_copy(model))
+    return tr, find_groups(tr)
+
+
+def score_groups(model: nn.Module, groups: list[Group], importance: str, aggregation: str, seed: int, progress: bool = True) -> dict[str, np.ndarray]:
+    estimator = make_estimator(importance)
+    ctx = ScoringContext.for_model(model, seed)
+    return {
+        g.id: unit_scores(g, estimator, ctx, aggregation)
+        for g in tqdm(groups, desc=f"scoring ({importance})", disable=not progress, leave=False)
+    }
+
+
+def prune(model: nn.Module, config: PruneConfig, progress: bool = True) -> PruneResult:
+    """Prune a copy of ``model`` as ``config`` says; ``model`` itself is never modified."""
+    torch.manual_seed(config.seed)
+    tr, groups = analyze(model)
+    before = count_params(model)
+    planner = config.planner()
+    from .planner import select_groups
+
+    chosen = select_groups(groups, planner.kinds)
+    scores = score_groups(model, chosen, config.importance, config.aggregation, config.seed, progress)
+    plan = plan_uniform(groups, scores, planner, before)
+    pruned, record = execute(model, tr, groups, plan.keep)
+    return PruneResult(pruned, record, plan, groups, before, count_params(pruned))

@@ -132,8 +132,8 @@ def _load_state(model: nn.Module, path: Path, device: str) -> None:
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update(load_file(str(f), device=device))
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     really_missing = [m for m in missing if m not in tied]
     if really_missing or unexpected:
         raise ModelSourceError(f"{path}: weights do not match the pruned architecture (missing {really_missing[:5]}, unexpected {unexpected[:5]})")

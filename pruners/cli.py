@@ -99,7 +99,7 @@ def _prune(args) -> dict:
 
     from .checkpoint import load_model, save_pruned
     from .executor import PlanError
-    from .pipeline import PruneConfig, prune
+    from .pipeline import PruneConfig, analyze, check_feasible, count_params, prune
 
     _validate_prune(args)
     try:
@@ -109,9 +109,16 @@ def _prune(args) -> dict:
     except ValidationError as e:
         err = e.errors()[0]
         raise UsageError(f"depprune prune: --{err['loc'][0]}: {err['msg']}") from e
-    model = load_model(args.model)
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    skeleton = load_model(args.model, weights=False)  # structure only: plan errors before loading weights
+    analysis = analyze(skeleton)
     try:
-        result = prune(model, config, progress=not args.quiet)
+        check_feasible(analysis[1], config, count_params(skeleton))
+        model = load_model(args.model)
+        result = prune(model, config, progress=not args.quiet, analysis=analysis)
     except PlanError as e:
         raise UsageError(f"depprune prune: {e}") from e
     report = {

@@ -89,10 +89,23 @@ def score_groups(model: nn.Module, groups: list[Group], importance: str, aggrega
     }
 
 
-def prune(model: nn.Module, config: PruneConfig, progress: bool = True) -> PruneResult:
-    """Prune a copy of ``model`` as ``config`` says; ``model`` itself is never modified."""
+def check_feasible(groups: list[Group], config: PruneConfig, total_params: int) -> Plan:
+    """Plan with dummy scores: raises :class:`~pruners.executor.PlanError` before any weight is read."""
+    from .planner import select_groups
+
+    planner = config.planner()
+    dummy = {g.id: np.zeros(g.n_units) for g in select_groups(groups, planner.kinds)}
+    return plan_uniform(groups, dummy, planner, total_params)
+
+
+def prune(model: nn.Module, config: PruneConfig, progress: bool = True, analysis=None) -> PruneResult:
+    """Prune a copy of ``model`` as ``config`` says; ``model`` itself is never modified.
+
+    ``analysis`` may pass a ``(trace, groups)`` pair from :func:`analyze` of a model with the
+    same structure (e.g. its meta copy) to skip tracing again.
+    """
     torch.manual_seed(config.seed)
-    tr, groups = analyze(model)
+    tr, groups = analysis if analysis is not None else analyze(model)
     before = count_params(model)
     planner = config.planner()
     from .planner import select_groups

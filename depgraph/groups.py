@@ -246,17 +246,17 @@ def find_groups(trace: Trace, G: nx.DiGraph | None = None) -> list[Group]:
         if prunable(f) and f not in seen:
             seen.add(f)
             add("hidden_channel", (f,))
-    linear_factors = set()
-    for s in trace.sites.get("linear", []):
-        linear_factors.update(factors(s["inp"]))
-        linear_factors.update(factors(s["out"]))
+    # an MLP channel is produced by one linear layer and consumed by another
+    outs = {f for s in trace.sites.get("linear", []) for f in factors(s["out"])}
+    ins = {f for s in trace.sites.get("linear", []) for f in factors(s["inp"])}
     for f in sorted(param_factors, key=lambda f: f.id):
         if prunable(f) and f not in seen:
             seen.add(f)
-            add("mlp_channel" if f in linear_factors else "channel", (f,))
+            add("mlp_channel" if f in outs and f in ins else "channel", (f,))
     for g in groups:
-        if g.kind == "mlp_channel" and g.layer is None:
-            g.kind = "channel"
+        spans = {layer_of(m.param) for m in g.members} - {None}
+        if g.kind == "mlp_channel" and len(spans) > 1:
+            g.kind = "channel"  # couples several layers: not an MLP's own channel
     groups.sort(key=lambda g: (g.layer is None, g.layer if g.layer is not None else 0, KINDS.index(g.kind)))
     counts: dict[tuple, int] = {}
     for g in groups:

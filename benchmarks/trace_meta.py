@@ -1,0 +1,298 @@
+"""Benchmark: trace full-size Llama shapes on the meta device and find their prunable groups.
+
+For each model shape the model is built from a ``transformers.LlamaConfig`` under
+``torch.device("meta")`` (no weights are downloaded or materialised), then
+:func:`depgraph.trace` and :func:`depgraph.groups.find_groups` are run.  Each model runs in its
+own fresh subprocess so that peak RSS is per model; a baseline subprocess that only imports
+torch, transformers and depgraph is measured too, so the import cost can be told apart.
+
+Run it (after ``pip install -e .``) from the repository root::
+
+    python benchmarks/trace_meta.py                      # all models, results in benchmarks/results/
+    python benchmarks/trace_meta.py --models llama-2-7b  # a subset
+    python benchmarks/trace_meta.py --out /tmp/bench     # another output directory
+    python benchmarks/trace_meta.py --repeat 5           # runs per model (default 3; median reported)
+
+It writes ``trace_meta.json`` (raw numbers plus machine info) and ``trace_meta.md`` (a table
+with PASS/FAIL against the targets) into the output directory.
+
+On a small machine, run it while nothing else is busy: the CPU-time column shows how much
+of the wall time was contention.
+
+Targets: llama-2-7b traces and groups in <= 20 s total with <= 1.5 GB peak RSS;
+llama-2-70b in <= 60 s total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+SHAPES: dict[str, dict] = {
+    "llama-2-7b": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+        max_position_embeddings=4096,
+    ),
+    "llama-2-70b": dict(
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        vocab_size=32000,
+        max_position_embeddings=4096,
+    ),
+    "llama-3-8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        rope_theta=500000.0,
+        max_position_embeddings=8192,
+    ),
+}
+
+# (model, metric, limit, human-readable description)
+TARGETS = [
+    ("llama-2-7b", "total_s", 20.0, "total wall time <= 20 s"),
+    ("llama-2-7b", "peak_rss_gb", 1.5, "peak RSS <= 1.5 GB"),
+    ("llama-2-70b", "total_s", 60.0, "total wall time <= 60 s"),
+]
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def peak_rss_kib() -> int:
+    """Peak resident set size of this process (``ru_maxrss`` is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def run_baseline() -> dict:
+    """Child mode: import only, report the RSS that costs."""
+    t0 = time.perf_counter()
+    import depgraph  # noqa: F401
+    import depgraph.groups  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    transformers.LlamaForCausalLM  # noqa: B018  (trigger the lazy import of modeling_llama)
+    return {"import_s": time.perf_counter() - t0, "peak_rss_kib": peak_rss_kib()}
+
+
+def run_one(name: str) -> dict:
+    """Child mode: build, trace and group one model shape on the meta device."""
+    t_import = time.perf_counter()
+    import torch
+    import transformers
+
+    from depgraph import trace
+    from depgraph.groups import find_groups
+
+    # transformers imports model modules lazily; resolve them here so that the (multi-second)
+    # import of modeling_llama is counted as import time, not build time.
+    LlamaConfig, LlamaForCausalLM = transformers.LlamaConfig, transformers.LlamaForCausalLM
+    import_s = time.perf_counter() - t_import
+    rss_after_import = peak_rss_kib()
+
+    c0, t0 = time.process_time(), time.perf_counter()
+    config = LlamaConfig(**SHAPES[name])
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    t1 = time.perf_counter()
+    tr = trace(model)
+    t2 = time.perf_counter()
+    groups = find_groups(tr)
+    c3, t3 = time.process_time(), time.perf_counter()
+
+    return {
+        "import_s": import_s,
+        "build_s": t1 - t0,
+        "trace_s": t2 - t1,
+        "groups_s": t3 - t2,
+        "total_s": t3 - t0,
+        "total_cpu_s": c3 - c0,
+        "peak_rss_kib": peak_rss_kib(),
+        "peak_rss_after_import_kib": rss_after_import,
+        "num_nodes": tr.num_nodes,
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "num_groups": len(groups),
+        "groups_by_kind": dict(sorted(Counter(g.kind for g in groups).items())),
+    }
+
+
+def child(args: list[str]) -> dict:
+    """Run this script in a fresh Python process and parse the JSON it prints last."""
+    cmd = [sys.executable, os.path.abspath(__file__), *args]
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        return {"error": f"exit code {proc.returncode}", "stderr": proc.stderr[-8000:], "process_wall_s": wall}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_wall_s"] = wall
+    result["loadavg_1min_before"] = load
+    return result
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Median of every timing/RSS field over the successful runs; counts from the first run."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return {"error": runs[0]["error"], "stderr": runs[0].get("stderr", ""), "runs": runs}
+    out = dict(ok[0])
+    for key in ("import_s", "build_s", "trace_s", "groups_s", "total_s", "total_cpu_s", "peak_rss_kib",
+                "peak_rss_after_import_kib", "process_wall_s", "loadavg_1min_before"):
+        if key in ok[0]:
+            out[key] = statistics.median(r[key] for r in ok)
+    if "total_s" in ok[0]:
+        out["total_s_min"] = min(r["total_s"] for r in ok)
+        out["total_s_max"] = max(r["total_s"] for r in ok)
+    out["n_runs"] = len(ok)
+    out["n_failed"] = len(runs) - len(ok)
+    out["runs"] = runs
+    return out
+
+
+def machine_info() -> dict:
+    import torch
+    import transformers
+
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "loadavg_at_start": os.getloadavg(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def evaluate(models: dict[str, dict]) -> list[dict]:
+    out = []
+    for model, metric, limit, desc in TARGETS:
+        r = models.get(model)
+        if r is None:
+            continue
+        if "error" in r:
+            out.append({"model": model, "target": desc, "measured": None, "status": "FAIL (crashed)"})
+            continue
+        if r.get("n_failed"):
+            out.append({"model": model, "target": desc, "measured": None,
+                        "status": f"FAIL (crashed in {r['n_failed']} of {r['n_failed'] + r['n_runs']} runs)"})
+            continue
+        value = r["total_s"] if metric == "total_s" else r["peak_rss_kib"] * 1024 / 1e9
+        out.append(
+            {"model": model, "target": desc, "measured": round(value, 2), "status": "PASS" if value <= limit else "FAIL"}
+        )
+    return out
+
+
+def gb(kib: int) -> str:
+    return f"{kib * 1024 / 1e9:.2f}"
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = [
+        "# Meta-device trace benchmark",
+        "",
+        f"Generated by `python benchmarks/trace_meta.py` on {m['date']}: {m['cpu_count']} CPUs ({m['processor']}), "
+        f"Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}; "
+        f"1-min load average at start {m['loadavg_at_start'][0]:.2f}.",
+        f"Each run is a fresh process; numbers are the median of {results['repeat']} runs per model "
+        "(all runs are in trace_meta.json). Peak RSS is the process's `ru_maxrss` (GB = 10^9 bytes), "
+        "so it includes the imports (see the baseline row). "
+        "Total = build + trace + find_groups wall time; the import of torch/transformers/depgraph "
+        "(including transformers' lazy import of `modeling_llama`) is shown separately and not counted. "
+        "CPU s is process CPU time over the same span; a total much larger than CPU s means the "
+        "machine was busy with other work.",
+        "",
+        "| model | params | fx nodes | import s | build s | trace s | find_groups s | total s (min–max) "
+        "| CPU s | peak RSS GB | groups |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    base = results["baseline"]
+    if "error" in base:
+        lines.append("| *baseline (imports only)* | | | | | | | | | crashed | |")
+    else:
+        lines.append(f"| *baseline (imports only)* | | | {base['import_s']:.2f} | | | | | "
+                     f"| {gb(base['peak_rss_kib'])} | |")
+    for name, r in results["models"].items():
+        if "error" in r:
+            lines.append(f"| {name} | | | | | | | | | | crashed: {r['error']} |")
+            continue
+        kinds = ", ".join(f"{k} {v}" for k, v in r["groups_by_kind"].items())
+        lines.append(
+            f"| {name} | {r['num_params'] / 1e9:.2f} B | {r['num_nodes']} | {r['import_s']:.2f} | {r['build_s']:.2f} "
+            f"| {r['trace_s']:.2f} | {r['groups_s']:.2f} | {r['total_s']:.2f} ({r['total_s_min']:.1f}–{r['total_s_max']:.1f}) "
+            f"| {r['total_cpu_s']:.2f} | {gb(r['peak_rss_kib'])} | {r['num_groups']}: {kinds} |"
+        )
+    lines += ["", "## Targets (judged on the median)", "", "| model | target | measured | result |",
+              "|---|---|---:|---|"]
+    for t in results["targets"]:
+        measured = "—" if t["measured"] is None else t["measured"]
+        lines.append(f"| {t['model']} | {t['target']} | {measured} | **{t['status']}** |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES), metavar="NAME",
+                        help=f"model shapes to run (default: all of {', '.join(SHAPES)})")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default: {DEFAULT_OUT})")
+    parser.add_argument("--repeat", type=int, default=3, help="fresh-process runs per model; the median is reported")
+    parser.add_argument("--one", choices=list(SHAPES), help=argparse.SUPPRESS)  # child mode
+    parser.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)  # child mode
+    args = parser.parse_args(argv)
+
+    if args.one or args.baseline:
+        print(json.dumps(run_one(args.one) if args.one else run_baseline()))
+        return 0
+
+    print("baseline (imports only) ...", flush=True)
+    results: dict = {"machine": machine_info(), "repeat": args.repeat,
+                     "baseline": summarize([child(["--baseline"]) for _ in range(args.repeat)]), "models": {}}
+    for name in args.models:
+        runs = []
+        for i in range(args.repeat):
+            print(f"{name} run {i + 1}/{args.repeat} ...", flush=True)
+            r = child(["--one", name])
+            runs.append(r)
+            if "error" in r:
+                print(f"  crashed ({r['error']}):\n{r['stderr']}", flush=True)
+            else:
+                print(f"  trace {r['trace_s']:.2f} s, find_groups {r['groups_s']:.2f} s, total {r['total_s']:.2f} s "
+                      f"(CPU {r['total_cpu_s']:.2f} s), peak RSS {gb(r['peak_rss_kib'])} GB", flush=True)
+        results["models"][name] = summarize(runs)
+    results["targets"] = evaluate(results["models"])
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "trace_meta.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "trace_meta.md").write_text(markdown(results))
+    print(markdown(results))
+    return 0 if all(t["status"] == "PASS" for t in results["targets"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

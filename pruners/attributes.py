@@ -264,7 +264,7 @@ def infer_attributes(
         for path, attr, value in changes:
             _set(trial, path, attr, value, configs)
         tried += 1
-        ok, last_error = _verify(trial, expected)
+        ok, last_error = verify_layouts(trial, expected)
         if ok:
             configs = {}
             for path, attr, value in changes:
@@ -289,7 +289,8 @@ def _flip_sets(keys: list, default: dict) -> Iterable[frozenset]:
             yield frozenset(combo)
 
 
-def _verify(model: nn.Module, expected: Mapping[str, tuple]) -> tuple[bool, str]:
+def verify_layouts(model: nn.Module, expected: Mapping[str, tuple]) -> tuple[bool, str]:
+    """Re-trace ``model``: do its parameter layouts equal ``expected`` (sizes and structure)?"""
     fake_log = logging.getLogger("torch._subclasses.fake_tensor")
     level = fake_log.level
     fake_log.setLevel(logging.CRITICAL)  # a rejected assignment fails inside fake-tensor shape checks

@@ -151,7 +151,9 @@ def save_pruned(model: nn.Module, out: str | os.PathLike, record: PruneRecord, s
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         cfg = json.loads((tmp / "config.json").read_text())
-        cfg["depprune"] = {"format": FORMAT, "record": record.to_dict()}
+        # config.json carries the pruned sizes when the architecture can express them (then any
+        # transformers install loads it); the record always lets load_model rebuild per-layer sizes
+        cfg["depprune"] = {"format": FORMAT, "hf_loadable": bool(record.config), "record": record.to_dict()}
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         if source is not None:
             for f in TOKENIZER_FILES:

@@ -30,12 +30,14 @@ class PruneRecord:
     shapes: dict[str, list[int]] = field(default_factory=dict)
     attributes: list[tuple[str, str, object]] = field(default_factory=list)  # (module path, attr, value)
     kept: dict[str, list[int]] = field(default_factory=dict)  # group id -> kept units
+    config: dict[str, int] | None = None  # top-level config fields that rebuild the pruned model, if any
 
     def to_dict(self) -> dict:
         return {
             "shapes": self.shapes,
             "attributes": [[m, a, v] for m, a, v in self.attributes],
             "kept": self.kept,
+            "config": self.config,
         }
 
 
@@ -153,5 +155,16 @@ def execute(model: nn.Module, trace, groups: Sequence[Group], keep: Mapping[str,
     factor_by_key = {term_key(f): f for info in trace.params.values() for t in info.axes for f in _factors(t)}
     new_size = new_factor_sizes(groups, kept, factor_by_key)
     attrs = infer_attributes(pruned, trace, new_size)
-    record = PruneRecord(shapes=shapes, attributes=attrs, kept={k: v.tolist() for k, v in kept.items()})
+    from .hf_config import hf_config_update
+
+    record = PruneRecord(
+        shapes=shapes,
+        attributes=attrs,
+        kept={k: v.tolist() for k, v in kept.items()},
+        config=hf_config_update(pruned, trace, new_size),
+    )
+    if record.config:  # the pruned model's own config tells the truth about its sizes
+        pruned.config = copy.deepcopy(pruned.config)
+        for k, v in record.config.items():
+            setattr(pruned.config, k, v)
     return pruned, record

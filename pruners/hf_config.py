@@ -1,0 +1,69 @@
+"""Write the pruned sizes into the model's own config when its architecture can express them.
+
+When every layer keeps the same number of heads and channels, the pruned model is usually an
+ordinary instance of its architecture with smaller config fields (``num_key_value_heads``,
+``intermediate_size``, ...).  This module finds those fields without knowing their names:
+any top-level integer field whose value equals a pruned size is a candidate, the smallest
+sets of changes are tried first, a candidate config must build (on meta) a model with
+exactly the pruned parameter shapes, and the survivor must re-trace to the pruned layouts.
+When no config expresses the pruned model (sizes differ per layer, or the architecture ties
+sizes together), the answer is ``None`` and the checkpoint keeps its depprune record only.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from depgraph.layout import Factor
+from depgraph.tracer import Trace
+
+from .attributes import quantities, signature, verify_layouts
+
+
+def config_candidates(config, tr: Trace, new_size: Mapping[Factor, int]) -> dict[str, int]:
+    """Top-level int fields whose value is an old pruned size with one new value across the model."""
+    qs = set().union(set(), *(quantities(t, new_size) for info in tr.params.values() for t in info.axes))
+    out = {}
+    for field, v in sorted(vars(config).items()):
+        if type(v) is not int or v <= 1 or field.startswith("_"):
+            continue
+        news = {n for o, n in qs if o == v and n != v}
+        if len(news) == 1:
+            out[field] = news.pop()
+    return out
+
+
+def hf_config_update(pruned: nn.Module, tr: Trace, new_size: Mapping[Factor, int], max_builds: int = 128) -> dict[str, int] | None:
+    """The config field changes that rebuild ``pruned`` exactly, or ``None`` if there are none."""
+    config = getattr(pruned, "config", None)
+    if config is None or not hasattr(config, "to_dict") or not new_size:
+        return None
+    target = {n: tuple(p.shape) for n, p in pruned.named_parameters()}
+    expected = {name: tuple(signature(t, new_size) for t in info.axes) for name, info in tr.params.items()}
+    cands = config_candidates(config, tr, new_size)
+    builds = 0
+    for r in range(1, len(cands) + 1):  # fewest changes first: an eos id equal to a head count stays put
+        for fields in itertools.combinations(sorted(cands), r):
+            trial_cfg = copy.deepcopy(config)
+            for f in fields:
+                setattr(trial_cfg, f, cands[f])
+            builds += 1
+            if builds > max_builds:
+                return None
+            try:
+                if hasattr(trial_cfg, "validate"):
+                    trial_cfg.validate()  # what save_pretrained and from_pretrained will check
+                with torch.device("meta"):
+                    trial = type(pruned)(trial_cfg)
+            except Exception:  # an invalid config (hidden % heads != 0, ...) is simply not it
+                continue
+            if {n: tuple(p.shape) for n, p in trial.named_parameters()} != target:
+                continue
+            if verify_layouts(trial.eval(), expected)[0]:
+                return {f: cands[f] for f in fields}
+    return None

@@ -28,7 +28,7 @@ from typing import Hashable, Iterable
 import networkx as nx
 import numpy as np
 
-from .layout import Cat, Factor, Prod, Term, resolve, size
+from .layout import Factor, Prod, Term, resolve, size
 from .tracer import Trace
 
 

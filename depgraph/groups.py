@@ -27,7 +27,7 @@ import networkx as nx
 import numpy as np
 
 from .graph import axes_containing, build_graph, positions, term_key
-from .layout import Cat, Factor, Prod, factors, resolve
+from .layout import Cat, Factor, factors, resolve
 from .tracer import Trace
 
 KINDS = ("attention_head", "kv_group", "query_head", "mlp_channel", "hidden_channel", "channel")
@@ -144,6 +144,7 @@ def segments(t) -> list[frozenset]:
     In a fused ``qkv = Cat(Prod(kv, rep, d), Prod(kv, d), Prod(kv, d))`` a key row is
     indexed by ``{kv, d}``: ``kv`` without ``rep`` is what marks ``kv`` as the KV-head factor.
 
+    >>> from depgraph.layout import Prod
     >>> kv, rep, d = Factor(4), Factor(2), Factor(8)
     >>> sorted(len(s) for s in segments(Cat((Prod((kv, rep, d)), Prod((kv, d))))))
     [2, 3]

@@ -18,7 +18,7 @@ from torch import nn
 from torch.export.graph_signature import InputKind
 from torch.fx.node import map_aggregate
 
-from . import ops
+from . import ops  # noqa: F401  (importing registers every op handler)
 from .layout import ONE, Factor, LayoutConflict, Term, cut, resolve, unify
 from .ops.registry import TensorInfo, lookup, op_key
 

@@ -222,6 +222,13 @@ def candidates(model: nn.Module, tr: Trace, new_size: Mapping[Factor, int]) -> d
     return {k: v for k, v in found.items() if len(values.get(k, ())) == 1}
 
 
+def set_attributes(model: nn.Module, changes: Iterable[tuple[str, str, int]]) -> None:
+    """Apply ``(module path, attribute, value)`` changes; ``config.X`` gives the module its own config copy."""
+    own: dict = {}
+    for path, attr, value in changes:
+        _set(model, path, attr, value, own)
+
+
 def _set(model: nn.Module, path: str, attr: str, value: int, own_configs: dict) -> None:
     mod = model.get_submodule(path) if path else model
     if attr.startswith("config."):
@@ -260,15 +267,11 @@ def infer_attributes(
             continue
         changes = [(path, attr, next(iter(news))) for (rk, attr) in keys if choice[(rk, attr)] for path, (_, news, _) in cands[(rk, attr)].items()]
         trial = meta_copy(model)
-        configs: dict = {}
-        for path, attr, value in changes:
-            _set(trial, path, attr, value, configs)
+        set_attributes(trial, changes)
         tried += 1
         ok, last_error = verify_layouts(trial, expected)
         if ok:
-            configs = {}
-            for path, attr, value in changes:
-                _set(model, path, attr, value, configs)
+            set_attributes(model, changes)
             return changes
         if tried >= max_attempts:
             break

@@ -10,7 +10,6 @@ a temporary directory renamed into place, so a failure never leaves a partial ou
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -103,19 +102,10 @@ def apply_record(model: nn.Module, section: dict) -> None:
                 setattr(amod, aattr, new)
         else:
             mod._buffers[attr] = new
-    from .attributes import apply_shape_adapters
+    from .attributes import apply_shape_adapters, set_attributes
 
     apply_shape_adapters(model, rec["shapes"].keys() | {a for n in rec["shapes"] for a in _alias_names(params, n)})
-    own: dict = {}
-    for path, attr, value in rec["attributes"]:
-        mod = model.get_submodule(path) if path else model
-        if attr.startswith("config."):
-            if path not in own:
-                own[path] = copy.copy(mod.config)
-                mod.config = own[path]
-            setattr(mod.config, attr[len("config.") :], value)
-        else:
-            setattr(mod, attr, value)
+    set_attributes(model, rec["attributes"])
 
 
 def _alias_names(params: dict, name: str) -> list[str]:

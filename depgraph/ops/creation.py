@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..layout import freeze
 from .registry import TensorInfo, register
 
 FACTORIES = [
@@ -51,8 +52,7 @@ def autocast(tr, node, device, dtype, enabled, cache, submod, *args):
 
 @register("aten.diff")
 def diff(tr, node, x, n=1, dim=-1, prepend=None, append=None):
-    from ..layout import freeze
-
+    """Differences along ``dim`` are positional: that axis is frozen."""
     freeze(x.axes[dim % x.ndim])
     shape = tr.out_shape(node)
     axes = list(x.axes)

@@ -8,7 +8,7 @@ groups prune exactly.
 
 from __future__ import annotations
 
-from ..layout import ONE
+from ..layout import ONE, freeze
 from .registry import TensorInfo, bind, op_key, register
 
 EXACT = {"sum", "any", "all", "nansum", "count_nonzero"}
@@ -55,8 +55,6 @@ def softmax(tr, node, x, dim, *args, **kwargs):
 @register("aten.cumsum", "aten.cumprod", "aten.cummax", "aten.cummin", "aten.logcumsumexp")
 def cumulative(tr, node, x, dim, *args, **kwargs):
     """Positional along ``dim``: that axis is frozen, the others pass through."""
-    from ..layout import freeze
-
     freeze(x.axes[dim % x.ndim])
     val = node.meta["val"]
     if isinstance(val, (tuple, list)):

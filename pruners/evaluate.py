@@ -37,7 +37,7 @@ def perplexity(
     model.eval()
     with torch.no_grad():
         for doc in tqdm(docs, desc="perplexity", disable=not progress, leave=False):
-            ids = tokenizer(doc, add_special_tokens=False)["input_ids"]
+            ids = tokenizer(doc, add_special_tokens=False, verbose=False)["input_ids"]  # windowed below
             if bos is not None:
                 ids = [bos] + ids
             for start in range(0, len(ids) - 1, seq_len):

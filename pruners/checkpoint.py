@@ -23,6 +23,7 @@ from .executor import PruneRecord, _get
 
 FORMAT = 1
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+BUFFER_FILE = "depprune_buffers.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt")
 
 
@@ -116,7 +117,7 @@ def _alias_names(params: dict, name: str) -> list[str]:
 def _load_state(model: nn.Module, path: Path, device: str) -> None:
     from safetensors.torch import load_file
 
-    files = sorted(path.glob("*.safetensors"))
+    files = sorted(f for f in path.glob("*.safetensors") if f.name != BUFFER_FILE)
     if not files:
         raise ModelSourceError(f"{path} holds no safetensors weights")
     state: dict[str, torch.Tensor] = {}
@@ -129,6 +130,16 @@ def _load_state(model: nn.Module, path: Path, device: str) -> None:
         raise ModelSourceError(f"{path}: weights do not match the pruned architecture (missing {really_missing[:5]}, unexpected {unexpected[:5]})")
     if hasattr(model, "tie_weights"):
         model.tie_weights()
+    if (path / BUFFER_FILE).is_file():
+        for name, value in load_file(str(path / BUFFER_FILE), device=device).items():
+            mod, attr = _get(model, name)
+            mod._buffers[attr] = value
+
+
+def computed_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Buffers that ``state_dict`` leaves out (``persistent=False``): recomputed at build time."""
+    state = set(model.state_dict())
+    return {n: b for n, b in model.named_buffers() if n not in state}
 
 
 def save_pruned(model: nn.Module, out: str | os.PathLike, record: PruneRecord, source: str | os.PathLike | None = None, force: bool = False) -> Path:
@@ -140,6 +151,11 @@ def save_pruned(model: nn.Module, out: str | os.PathLike, record: PruneRecord, s
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
+        computed = computed_buffers(model)
+        if computed:  # non-persistent buffers (rotary tables, scales) may have been sliced: keep their values
+            from safetensors.torch import save_file
+
+            save_file({n: b.detach().contiguous().cpu() for n, b in computed.items()}, str(tmp / BUFFER_FILE))
         cfg = json.loads((tmp / "config.json").read_text())
         # config.json carries the pruned sizes when the architecture can express them (then any
         # transformers install loads it); the record always lets load_model rebuild per-layer sizes

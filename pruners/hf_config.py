@@ -5,7 +5,8 @@ ordinary instance of its architecture with smaller config fields (``num_key_valu
 ``intermediate_size``, ...).  This module finds those fields without knowing their names:
 any top-level integer field whose value equals a pruned size is a candidate, the smallest
 sets of changes are tried first, a candidate config must build (on meta) a model with
-exactly the pruned parameter shapes, and the survivor must re-trace to the pruned layouts.
+exactly the pruned parameter shapes, the survivor must re-trace to the pruned layouts, and
+it must recompute the same non-persistent buffers.
 When no config expresses the pruned model (sizes differ per layer, or the architecture ties
 sizes together), the answer is ``None`` and the checkpoint keeps its depprune record only.
 """
@@ -64,6 +65,32 @@ def hf_config_update(pruned: nn.Module, tr: Trace, new_size: Mapping[Factor, int
                 continue
             if {n: tuple(p.shape) for n, p in trial.named_parameters()} != target:
                 continue
-            if verify_layouts(trial.eval(), expected)[0]:
+            if verify_layouts(trial.eval(), expected)[0] and buffers_match(pruned, trial_cfg):
                 return {f: cands[f] for f in fields}
     return None
+
+
+def buffers_match(pruned: nn.Module, config, max_params: int = 300_000_000) -> bool:
+    """Would ``config`` rebuild the pruned model's non-persistent buffers (computed, not saved) exactly?
+
+    Gemma's ``embed_scale = sqrt(hidden_size)`` is one: pruning hidden channels must not change
+    it, so a config with the new ``hidden_size`` does not describe the pruned model.  Checking
+    means building the candidate for real (without weight init); above ``max_params`` that is
+    not attempted and the answer is no.
+    """
+    from transformers.initialization import no_init_weights
+
+    state = set(pruned.state_dict())
+    computed = {n: b for n, b in pruned.named_buffers() if n not in state}
+    if not computed:
+        return True
+    if any(b.device.type == "meta" for b in computed.values()):
+        return False
+    if sum(p.numel() for p in pruned.parameters()) > max_params:
+        return False
+    with no_init_weights():
+        rebuilt = dict(type(pruned)(config).named_buffers())
+    return all(
+        n in rebuilt and rebuilt[n].shape == b.shape and torch.equal(rebuilt[n].to(b.device), b)
+        for n, b in computed.items()
+    )

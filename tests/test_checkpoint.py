@@ -93,3 +93,26 @@ def test_input_model_is_not_modified(source):
     prune(source, PruneConfig(ratio=0.3, importance="l2", kinds=["query_head", "mlp_channel"]), progress=False)
     after = source.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_computed_buffers_survive_hidden_pruning(tmp_path):
+    """Gemma scales embeddings by a non-persistent sqrt(hidden_size) buffer: the pruned model keeps the
+    original scale, so its config must not claim the new hidden size, and the reload must be exact."""
+    import transformers as tf
+
+    from depgraph import meta_copy, trace
+    from depgraph.groups import find_groups
+    from pruners.executor import execute
+
+    torch.manual_seed(0)
+    cfg = tf.GemmaConfig(vocab_size=97, pad_token_id=0, bos_token_id=1, eos_token_id=2, num_hidden_layers=2,
+                         hidden_size=48, num_attention_heads=6, num_key_value_heads=3, head_dim=10, intermediate_size=80)
+    model = tf.GemmaForCausalLM(cfg).eval()
+    tr = trace(meta_copy(model))
+    groups = find_groups(tr)
+    hidden = next(g for g in groups if g.kind == "hidden_channel")
+    pruned, record = execute(model, tr, groups, {hidden.id: list(range(0, 48, 3))})
+    assert record.config is None
+    ids = torch.randint(3, 90, (2, 9), generator=torch.Generator().manual_seed(1))
+    loaded = load_model(save_pruned(pruned, tmp_path / "g", record))
+    assert torch.equal(logits(loaded, ids), logits(pruned, ids))

@@ -54,11 +54,14 @@ def _read_config(path: Path) -> dict:
         raise ModelSourceError(f"{path / 'config.json'} is not valid JSON: {e}") from e
 
 
-def load_model(path: str | os.PathLike, device: str = "cpu", weights: bool = True) -> nn.Module:
+def load_model(
+    path: str | os.PathLike, device: str = "cpu", weights: bool = True, attn_implementation: str | None = None
+) -> nn.Module:
     """Load a causal LM from a directory (plain HF or depprune output) in fp32, in eval mode.
 
     With ``weights=False`` or a directory holding only ``config.json``, the model is built on
-    the meta device: nothing is allocated, so any size can be inspected.
+    the meta device: nothing is allocated, so any size can be inspected.  ``attn_implementation``
+    (``"eager"``, ``"sdpa"``) is passed to transformers, which does not store it in the config.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -69,17 +72,18 @@ def load_model(path: str | os.PathLike, device: str = "cpu", weights: bool = Tru
     except Exception as e:
         raise ModelSourceError(f"{str(path)!r}: transformers cannot read its config: {e}") from e
     load_weights = weights and has_weights(p)
+    attn = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if "depprune" in raw or not load_weights:
         # weights come later: build on meta, or on the device when non-persistent buffers
         # (rotary inv_freq) must be computed for real
         with torch.device(device if load_weights else "meta"):
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, **attn)
         if "depprune" in raw:
             apply_record(model, raw["depprune"])
         if load_weights:
             _load_state(model, p, device)
     else:
-        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32).to(device)
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32, **attn).to(device)
     return model.eval()
 
 
@@ -123,13 +127,23 @@ def _load_state(model: nn.Module, path: Path, device: str) -> None:
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update(load_file(str(f), device=device))
-    tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
+    groups: dict[int, list[str]] = {}  # tied weights: one Parameter under several names, stored once
+    for name, prm in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(prm), []).append(name)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    really_missing = [m for m in missing if m not in tied]
-    if really_missing or unexpected:
-        raise ModelSourceError(f"{path}: weights do not match the pruned architecture (missing {really_missing[:5]}, unexpected {unexpected[:5]})")
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
+    missing = set(missing)
+    for names in groups.values():
+        loaded = [n for n in names if n in state]
+        if loaded:
+            source_mod, source_attr = _get(model, loaded[0])
+            for n in names:
+                mod, attr = _get(model, n)
+                setattr(mod, attr, getattr(source_mod, source_attr))
+                missing.discard(n)
+    if missing or unexpected:
+        raise ModelSourceError(
+            f"{path}: weights do not match the pruned architecture (missing {sorted(missing)[:5]}, unexpected {unexpected[:5]})"
+        )
     if (path / BUFFER_FILE).is_file():
         for name, value in load_file(str(path / BUFFER_FILE), device=device).items():
             mod, attr = _get(model, name)
@@ -150,7 +164,14 @@ def save_pruned(model: nn.Module, out: str | os.PathLike, record: PruneRecord, s
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        # weights under the model's own parameter names (save_pretrained may rename keys to
+        # legacy ones, e.g. GPT-NeoX's lm_head -> embed_out); tied weights are stored once
+        from safetensors.torch import save_model
+
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        model.config.save_pretrained(tmp)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(tmp)
         computed = computed_buffers(model)
         if computed:  # non-persistent buffers (rotary tables, scales) may have been sliced: keep their values
             from safetensors.torch import save_file

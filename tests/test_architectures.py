@@ -580,3 +580,22 @@ def test_refused(traced, arch, kind):
     for k, v in t.model.state_dict().items():
         assert torch.equal(v, t.state[k]), k
     assert _attr_snapshot(t.model) == t.attrs
+
+
+@pytest.mark.parametrize("arch,kind", [(a, k) for a, k in ALL_CASES if ARCHS[a].hf])
+def test_save_load_round_trip(pruned, batch, arch, kind, tmp_path):
+    """The saved directory reloads (through its depprune record, or as a plain HF model when the
+    config can say it) into a model with bit-identical logits and the same parameter count."""
+    from pruners.checkpoint import load_model, save_pruned
+
+    p = pruned(arch, kind)
+    out = save_pruned(p.model, tmp_path / "out", p.record)
+    attn = p.model.config._attn_implementation  # a runtime choice transformers does not save
+    loaded = load_model(out, attn_implementation=attn)
+    assert sum(x.numel() for x in loaded.parameters()) == sum(x.numel() for x in p.model.parameters())
+    assert torch.equal(logits(loaded, batch), logits(p.model, batch))
+    if p.record.config:
+        from transformers import AutoModelForCausalLM
+
+        plain = AutoModelForCausalLM.from_pretrained(out, attn_implementation=attn).eval()
+        assert torch.equal(logits(plain, batch), logits(p.model, batch))

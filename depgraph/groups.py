@@ -35,7 +35,10 @@ KINDS = ("attention_head", "kv_group", "query_head", "mlp_channel", "hidden_chan
 
 @dataclass(frozen=True)
 class Member:
-    """One parameter axis of a group: ``unit_of[p]`` is the unit owning position ``p`` (-1: none)."""
+    """One parameter axis of a group: ``unit_of[p]`` is the unit owning position ``p`` (-1: none).
+
+    A group lists its members in execution order (first use of the weight in the traced graph).
+    """
 
     param: str
     axis: int
@@ -109,13 +112,14 @@ def _unit_index(G: nx.DiGraph, axis_node, factor_nodes: tuple, radices: tuple[in
     return np.where(present, idx, -1)
 
 
-def _members(G: nx.DiGraph, factor_nodes: tuple, params: dict) -> list[Member]:
+def _members(G: nx.DiGraph, factor_nodes: tuple, order: dict[str, int]) -> list[Member]:
+    """Member axes of a group, in execution order (the last one is e.g. ``down_proj``)."""
     radices = tuple(G.nodes[f]["size"] for f in factor_nodes)
     axes = set(axes_containing(G, factor_nodes[0]))
     for f in factor_nodes[1:]:
         axes &= set(axes_containing(G, f))
     out = []
-    for node in sorted(axes):
+    for node in sorted(axes, key=lambda n: (order.get(n[1], len(order)), n[1], n[2])):
         unit_of = _unit_index(G, node, factor_nodes, radices)
         if unit_of is not None and (unit_of >= 0).any():
             out.append(Member(node[1], node[2], unit_of, node[0]))
@@ -206,7 +210,7 @@ def find_groups(trace: Trace, G: nx.DiGraph | None = None) -> list[Group]:
 
     def add(kind, fs, per_block=None):
         key = tuple(node(f) for f in fs)
-        members = _members(G, key, trace.params)
+        members = _members(G, key, trace.order)
         if not members:
             return
         layers = {layer_of(m.param) for m in members if m.kind == "param"}

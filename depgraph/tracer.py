@@ -52,6 +52,7 @@ class Trace:
     conflicts: list[str]
     graph: torch.fx.Graph
     num_nodes: int
+    order: dict[str, int] = field(default_factory=dict)  # parameter/buffer -> rank of its first use
 
 
 @dataclass
@@ -207,6 +208,12 @@ def trace(model: nn.Module, batch: int = 2, seq: int = 7) -> Trace:
             buffers[spec.target] = info
         inputs.append(info)
     tracer.run_graph(ep.graph, inputs, ep.graph_module)
+    fqn = {n.name: spec.target for n, spec in zip(placeholders, ep.graph_signature.input_specs) if spec.target}
+    order: dict[str, int] = {}
+    for node in ep.graph.nodes:  # execution order: the rank at which each weight is first read
+        for arg in node.all_input_nodes:
+            if arg.name in fqn and fqn[arg.name] not in order:
+                order[fqn[arg.name]] = len(order)
     aliases = tied_aliases(model)
     for canonical, names in aliases.items():
         present = [n for n in names if n in params]
@@ -218,6 +225,7 @@ def trace(model: nn.Module, batch: int = 2, seq: int = 7) -> Trace:
             for name in present:
                 del params[name]
             params[canonical] = info
+            order[canonical] = min(order.get(n, len(order)) for n in present)
     return Trace(
         params=params,
         buffers=buffers,
@@ -227,6 +235,7 @@ def trace(model: nn.Module, batch: int = 2, seq: int = 7) -> Trace:
         conflicts=tracer.conflicts,
         graph=ep.graph,
         num_nodes=tracer.num_nodes,
+        order=order,
     )
 
 

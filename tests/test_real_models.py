@@ -80,3 +80,14 @@ def test_prune_20_percent_l2_generates_and_has_finite_perplexity(tmp_path, recor
     text = tok.decode(ids[0], skip_special_tokens=True)
     assert ids.shape[1] == 21 and text.strip()
     record_result(f"stories260K l2 20% greedy sample: {text!r}")
+
+
+@pytest.mark.parametrize("variant", ["stories260K", "stories260K-phi3"])
+def test_members_are_in_execution_order(variant):
+    """``last`` aggregation reads the last-executing member: down_proj for MLP channels, o_proj for heads."""
+    groups = find_groups(trace(load_model(MODELS / variant, weights=False)))
+    mlp = next(g for g in groups if g.id == "mlp_channel@2")
+    assert mlp.members[-1].param == "model.layers.2.mlp.down_proj.weight"
+    kv = next(g for g in groups if g.id == "kv_group@2")
+    assert kv.members[0].param.endswith(("q_proj.weight", "qkv_proj.weight"))
+    assert kv.members[-1].param == "model.layers.2.self_attn.o_proj.weight"

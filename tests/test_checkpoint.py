@@ -78,11 +78,10 @@ def test_existing_output_is_kept_without_force(source, tmp_path):
 def test_failed_save_leaves_nothing_behind(source, tmp_path, monkeypatch):
     result = prune(source, PruneConfig(ratio=0.1, importance="random"), progress=False)
 
-    def broken(directory, **kwargs):
-        (Path(directory) / "model.safetensors").write_bytes(b"half")
+    def broken(model):  # called after the weights and config are already written
         raise OSError("disk full")
 
-    monkeypatch.setattr(result.model, "save_pretrained", broken)
+    monkeypatch.setattr("pruners.checkpoint.computed_buffers", broken)
     with pytest.raises(OSError, match="disk full"):
         save_pruned(result.model, tmp_path / "out", result.record)
     assert list(tmp_path.iterdir()) == []

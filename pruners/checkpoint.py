@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,9 +32,18 @@ class ModelSourceError(ValueError):
     """The given path is not a loadable model."""
 
 
-def check_model_dir(path: str | os.PathLike) -> Path:
-    """A directory with a ``config.json``, or a clear error naming what is wrong."""
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def check_model_dir(path: str | os.PathLike, weights: bool = True) -> Path:
+    """A directory with a ``config.json``, or a clear error naming what is wrong.
+
+    A Hugging Face hub id (``org/name``) that is not a local path is downloaded to the hub
+    cache first (config and tokenizer only when ``weights`` is false).
+    """
     p = Path(path)
+    if not p.exists() and HUB_ID.match(str(path)):
+        return _from_hub(str(path), weights)
     if not p.exists():
         raise ModelSourceError(f"model directory {str(path)!r} does not exist")
     if not p.is_dir():
@@ -41,6 +51,21 @@ def check_model_dir(path: str | os.PathLike) -> Path:
     if not (p / "config.json").is_file():
         raise ModelSourceError(f"{str(path)!r} is not a model directory: it has no config.json")
     return p
+
+
+def _from_hub(repo_id: str, weights: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "tokenizer*", "*.model", "*.txt"] + (["*.safetensors"] if weights else [])
+    try:
+        return check_model_dir(snapshot_download(repo_id, allow_patterns=patterns))
+    except ModelSourceError:
+        raise
+    except Exception as e:  # offline, unknown repo, gated repo ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelSourceError(
+            f"{repo_id!r} is not a local directory and could not be fetched from the Hugging Face hub ({first})"
+        ) from e
 
 
 def has_weights(path: Path) -> bool:
@@ -65,7 +90,7 @@ def load_model(
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    p = check_model_dir(path)
+    p = check_model_dir(path, weights)
     raw = _read_config(p)
     try:
         config = AutoConfig.from_pretrained(p)

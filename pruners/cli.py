@@ -81,6 +81,7 @@ def _validate_prune(args) -> None:
     if args.aggregation not in AGGREGATIONS:
         raise UsageError(f"depprune prune: unknown --aggregation {args.aggregation!r}; valid: {', '.join(sorted(AGGREGATIONS))}")
     src = check_model_dir(args.model)
+    args.model = str(src)  # a hub id is now its local snapshot
     if not has_weights(src):
         raise UsageError(f"depprune prune: {args.model!r} has a config but no weights to prune")
     out = Path(args.out)

@@ -53,6 +53,7 @@ def test_inspect_text_table(capsys):
 BAD = {
     "missing model dir": (["--model", "/nonexistent/model"], "does not exist"),
     "not a model dir": (["--model", str(MODELS)], "no config.json"),
+    "unreachable hub id": (["--model", "depprune-tests/no-such-model"], "could not be fetched from the Hugging Face hub"),
     "ratio zero": (["--ratio", "0"], "--ratio 0.0 is outside (0, 1)"),
     "ratio one": (["--ratio", "1"], "--ratio 1.0 is outside (0, 1)"),
     "ratio negative": (["--ratio", "-0.2"], "--ratio -0.2 is outside (0, 1)"),
@@ -63,7 +64,8 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
-def test_bad_input_is_one_line_exit_2_and_no_output(case, tmp_path, capsys):
+def test_bad_input_is_one_line_exit_2_and_no_output(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # tests never reach the network
     overrides, message = BAD[case]
     args = {"--model": str(STORIES), "--ratio": "0.2", "--importance": "l2", "--out": str(tmp_path / "out")}
     extra = []

@@ -1,6 +1,6 @@
-"""Importance estimators (``random``, ``l1``, ``l2``, ...) and group aggregations (``sum``, ``mean``, ...)."""
+"""Importance estimators (``random``, ``l1``, ``l2``, Taylor, Wanda-sp, FLAP) and aggregations (``sum``, ``mean``, ...)."""
 
-from . import magnitude, random  # noqa: F401  (registers the built-in estimators)
+from . import activation, magnitude, random, taylor  # noqa: F401  (registers the built-in estimators)
 from .registry import (
     AGGREGATIONS,
     ESTIMATORS,
@@ -9,12 +9,16 @@ from .registry import (
     aggregate,
     make_estimator,
     member_reduce,
+    needs_of,
     register_aggregation,
     register_estimator,
     unit_scores,
+    unit_sums,
 )
+from .signals import Signals, collect_signals
 
 __all__ = [
     "AGGREGATIONS", "ESTIMATORS", "Estimator", "ScoringContext", "aggregate", "make_estimator",
-    "member_reduce", "register_aggregation", "register_estimator", "unit_scores",
+    "member_reduce", "needs_of", "register_aggregation", "register_estimator", "unit_scores", "unit_sums",
+    "Signals", "collect_signals",
 ]

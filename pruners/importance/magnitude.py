@@ -20,6 +20,8 @@ class MagnitudeConfig(BaseModel):
 class L1:
     """Sum of absolute weights of the unit in each member."""
 
+    needs: frozenset[str] = frozenset()
+
     def __init__(self, config: MagnitudeConfig):
         self.config = config
 
@@ -30,6 +32,8 @@ class L1:
 @register_estimator("l2", config=MagnitudeConfig)
 class L2:
     """Euclidean norm of the unit's weights in each member."""
+
+    needs: frozenset[str] = frozenset()
 
     def __init__(self, config: MagnitudeConfig):
         self.config = config

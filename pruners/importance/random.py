@@ -20,6 +20,8 @@ class RandomConfig(BaseModel):
 class Random:
     """Uniform random scores per unit (seeded, deterministic)."""
 
+    needs: frozenset[str] = frozenset()
+
     def __init__(self, config: RandomConfig):
         self.config = config
 

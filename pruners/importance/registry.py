@@ -31,27 +31,39 @@ from torch import nn
 
 from depgraph.groups import Group
 
+from .signals import Signals
+
 
 @dataclass
 class ScoringContext:
-    """What estimators may read: the model's named parameters and a seeded generator."""
+    """What estimators may read: named parameters, calibration signals, a seeded generator."""
 
     model: nn.Module
     generator: torch.Generator
     params: dict[str, torch.Tensor] = field(default_factory=dict)
+    signals: Signals = field(default_factory=Signals)
 
     @classmethod
-    def for_model(cls, model: nn.Module, seed: int = 0) -> "ScoringContext":
+    def for_model(cls, model: nn.Module, seed: int = 0, signals: Signals | None = None) -> "ScoringContext":
         params = dict(model.named_parameters())
         params.update(dict(model.named_buffers()))
-        return cls(model=model, generator=torch.Generator().manual_seed(seed), params=params)
+        return cls(model=model, generator=torch.Generator().manual_seed(seed), params=params, signals=signals or Signals())
 
 
 @runtime_checkable
 class Estimator(Protocol):
+    """Scores units of a group.  ``needs`` names the calibration signals it reads
+    (``"grad"``, ``"fisher"``, ``"activations"``); leave it empty for data-free estimators."""
+
+    needs: frozenset[str]
+
     def score(self, group: Group, ctx: ScoringContext) -> torch.Tensor:
         """Per-member, per-unit scores: shape ``(n_members, n_units)``; higher means keep."""
         ...
+
+
+def needs_of(estimator) -> frozenset[str]:
+    return frozenset(getattr(estimator, "needs", ()))
 
 
 @dataclass(frozen=True)
@@ -110,17 +122,35 @@ def member_reduce(group: Group, ctx: ScoringContext, elementwise: Callable[[torc
 
     A member without weights in ``ctx`` (a buffer, a meta tensor) scores zero.
     """
+    return unit_sums(group, ctx, lambda name, axis, w: elementwise(w))
+
+
+def unit_sums(
+    group: Group,
+    ctx: ScoringContext,
+    values: Callable[[str, int, torch.Tensor], torch.Tensor | None],
+    post: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Sum ``values(name, axis, W)`` over each unit's slice of each member, then apply ``post``.
+
+    ``values`` returns a tensor shaped like ``W`` (fp64), or ``None`` when the member has no
+    score (e.g. no calibration statistics for it): that row is zero.
+    """
     rows = []
     for m in group.members:
         w = ctx.params.get(m.param)
         row = torch.zeros(group.n_units, dtype=torch.float64)
+        vals = None
         if w is not None and w.device.type != "meta":
-            vals = elementwise(w.detach().to(torch.float64))  # same shape as w
+            vals = values(m.param, m.axis, w.detach().to(torch.float64))
+        if vals is not None:
             dims = [d for d in range(vals.ndim) if d != m.axis]
             per_pos = vals.sum(dim=dims) if dims else vals  # (axis size,)
             unit_of = torch.as_tensor(m.unit_of)
             sel = unit_of >= 0
             row.index_add_(0, unit_of[sel], per_pos[sel.nonzero().squeeze(1)])
+            if post is not None:
+                row = post(row)
         rows.append(row)
     return torch.stack(rows)
 

@@ -1,0 +1,141 @@
+"""Calibration signals for estimators: gradients, diagonal Fisher, input-activation statistics.
+
+Gradients are accumulated **sample by sample**: only one sample's activations are alive at a
+time, and the first-order estimators need nothing beyond the parameters' own ``.grad``
+(weights + gradients + one batch of activations).  The diagonal Fisher needs each sample's
+own gradient, so it keeps one extra buffer per parameter -- never one per sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+SIGNALS = frozenset({"grad", "fisher", "activations"})
+
+# which weight axis a module's input features run along (extend for custom linear layers)
+INPUT_AXIS: dict[str, int] = {
+    "torch.nn.modules.linear.Linear": 1,
+    "transformers.pytorch_utils.Conv1D": 0,
+}
+
+
+@dataclass
+class Signals:
+    """Per parameter name: mean gradient, mean squared per-sample gradient, input statistics."""
+
+    grad: dict[str, torch.Tensor] = field(default_factory=dict)
+    fisher: dict[str, torch.Tensor] = field(default_factory=dict)
+    act_sq: dict[str, torch.Tensor] = field(default_factory=dict)  # sum over tokens of x_j^2
+    act_sum: dict[str, torch.Tensor] = field(default_factory=dict)  # sum over tokens of x_j
+    act_count: dict[str, int] = field(default_factory=dict)  # tokens seen
+    input_axis: dict[str, int] = field(default_factory=dict)  # weight axis of the input features
+
+    def act_norm(self, name: str) -> torch.Tensor | None:
+        """``||X_j||`` over all calibration tokens, per input feature of weight ``name``."""
+        sq = self.act_sq.get(name)
+        return None if sq is None else sq.sqrt()
+
+    def act_var(self, name: str) -> torch.Tensor | None:
+        """Variance of each input feature over calibration tokens."""
+        if name not in self.act_sq:
+            return None
+        n = self.act_count[name]
+        mean = self.act_sum[name] / n
+        return (self.act_sq[name] / n - mean * mean).clamp_min(0)
+
+
+def _qualname(mod: nn.Module) -> str | None:
+    for cls in type(mod).__mro__:
+        key = f"{cls.__module__}.{cls.__qualname__}"
+        if key in INPUT_AXIS:
+            return key
+    return None
+
+
+def _causal_lm_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    out = model(ids)
+    logits = out if isinstance(out, torch.Tensor) else out.logits  # (1, T, vocab)
+    return nn.functional.cross_entropy(logits[0, :-1].float(), ids[0, 1:])
+
+
+def collect_signals(model: nn.Module, samples: Sequence[torch.Tensor], needs: Iterable[str], progress: bool = True) -> Signals:
+    """Run the calibration samples through ``model`` and gather what ``needs`` asks for.
+
+    ``model`` is left as it was: gradients are cleared and hooks removed afterwards.
+    """
+    needs = set(needs)
+    unknown = needs - SIGNALS
+    if unknown:
+        raise ValueError(f"unknown signals {sorted(unknown)}; known: {sorted(SIGNALS)}")
+    sig = Signals()
+    if not needs or not samples:
+        return sig
+    device = next(model.parameters()).device
+    params = dict(model.named_parameters())
+    hooks = []
+    if "activations" in needs:
+        for path, mod in model.named_modules():
+            key = _qualname(mod)
+            if key is None or not isinstance(getattr(mod, "weight", None), torch.Tensor):
+                continue
+            name = f"{path}.weight" if path else "weight"
+            sig.input_axis[name] = INPUT_AXIS[key]
+            hooks.append(mod.register_forward_pre_hook(_stats_hook(sig, name)))
+    wants_grad = bool(needs & {"grad", "fisher"})
+    was_training = model.training
+    model.eval()
+    saved = {n: p.requires_grad for n, p in params.items()}
+    for p in params.values():
+        p.requires_grad_(wants_grad)
+        p.grad = None
+    try:
+        for ids in tqdm(samples, desc="calibration", disable=not progress, leave=False):
+            ids = ids.to(device)
+            if not wants_grad:
+                with torch.no_grad():
+                    model(ids)
+                continue
+            loss = _causal_lm_loss(model, ids) / len(samples)  # mean over samples
+            loss.backward()
+            if "fisher" in needs:  # per-sample gradient = this .grad; fold it in, then clear
+                for n, p in params.items():
+                    if p.grad is None:
+                        continue
+                    g = p.grad.detach().float() * len(samples)  # undo the 1/N of this sample
+                    sig.fisher.setdefault(n, torch.zeros_like(g)).add_(g * g / len(samples))
+                    sig.grad.setdefault(n, torch.zeros_like(g)).add_(g / len(samples))
+                    p.grad = None
+        if wants_grad and "fisher" not in needs:
+            sig.grad = {n: p.grad.detach().float() for n, p in params.items() if p.grad is not None}
+    finally:
+        for h in hooks:
+            h.remove()
+        for n, p in params.items():
+            p.grad = None
+            p.requires_grad_(saved[n])
+        model.train(was_training)
+    if "grad" not in needs:
+        sig.grad = {}
+    return sig
+
+
+def _stats_hook(sig: Signals, name: str):
+    def hook(mod, args):
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            return
+        x = x.detach().float().reshape(-1, x.shape[-1])  # (tokens, in_features)
+        sq, s = (x * x).sum(0), x.sum(0)
+        if name in sig.act_sq:
+            sig.act_sq[name] += sq
+            sig.act_sum[name] += s
+            sig.act_count[name] += x.shape[0]
+        else:
+            sig.act_sq[name], sig.act_sum[name], sig.act_count[name] = sq, s, x.shape[0]
+
+    return hook

@@ -1,0 +1,96 @@
+"""Taylor importance (LLM-Pruner): the loss change from removing weights, to first or second order.
+
+With ``G`` the mean calibration gradient and ``F`` the diagonal Fisher (mean of per-sample
+squared gradients), for the weights ``W`` of one unit in one member:
+
+* ``taylor-vector``:  ``|sum(W * G)|`` -- the unit's weights removed together, first order;
+* ``taylor-element``: ``sum(|W * G|)`` -- each weight on its own, first order;
+* ``taylor-second``:  ``sum(W * F * W) / 2`` -- second order, Fisher for the Hessian;
+* ``taylor-mix``:     ``sum(|W * G - W * F * W / 2|)`` -- first order minus half the second.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from depgraph.groups import Group
+
+from .registry import ScoringContext, register_estimator, unit_sums
+
+
+class TaylorConfig(BaseModel):
+    """Taylor estimators take no options; calibration is configured for the whole run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _grad(ctx: ScoringContext, name: str) -> torch.Tensor | None:
+    g = ctx.signals.grad.get(name)
+    return None if g is None else g.to(torch.float64)
+
+
+def _fisher(ctx: ScoringContext, name: str) -> torch.Tensor | None:
+    f = ctx.signals.fisher.get(name)
+    return None if f is None else f.to(torch.float64)
+
+
+class _Taylor:
+    needs: ClassVar[frozenset[str]] = frozenset({"grad"})
+
+    def __init__(self, config: TaylorConfig):
+        self.config = config
+
+
+@register_estimator("taylor-vector", config=TaylorConfig)
+class TaylorVector(_Taylor):
+    """|sum of W*grad| over each unit (vector-wise first-order Taylor)."""
+
+    def score(self, group: Group, ctx: ScoringContext) -> torch.Tensor:
+        def values(name, axis, w):
+            g = _grad(ctx, name)
+            return None if g is None else w * g
+
+        return unit_sums(group, ctx, values, post=torch.abs)
+
+
+@register_estimator("taylor-element", config=TaylorConfig)
+class TaylorElement(_Taylor):
+    """Sum of |W*grad| over each unit (element-wise first-order Taylor)."""
+
+    def score(self, group: Group, ctx: ScoringContext) -> torch.Tensor:
+        def values(name, axis, w):
+            g = _grad(ctx, name)
+            return None if g is None else (w * g).abs()
+
+        return unit_sums(group, ctx, values)
+
+
+@register_estimator("taylor-second", config=TaylorConfig)
+class TaylorSecond(_Taylor):
+    """Sum of W*F*W/2 over each unit (element-wise second order, diagonal Fisher)."""
+
+    needs = frozenset({"fisher"})
+
+    def score(self, group: Group, ctx: ScoringContext) -> torch.Tensor:
+        def values(name, axis, w):
+            f = _fisher(ctx, name)
+            return None if f is None else 0.5 * w * f * w
+
+        return unit_sums(group, ctx, values)
+
+
+@register_estimator("taylor-mix", config=TaylorConfig)
+class TaylorMix(_Taylor):
+    """Sum of |W*grad - W*F*W/2| over each unit (LLM-Pruner's mix)."""
+
+    needs = frozenset({"grad", "fisher"})
+
+    def score(self, group: Group, ctx: ScoringContext) -> torch.Tensor:
+        def values(name, axis, w):
+            g, f = _grad(ctx, name), _fisher(ctx, name)
+            return None if g is None or f is None else (w * g - 0.5 * w * f * w).abs()
+
+        return unit_sums(group, ctx, values)

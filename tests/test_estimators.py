@@ -1,0 +1,122 @@
+"""Calibration-based estimators against scores computed independently in the test.
+
+The model is a tiny LM (embed -> up -> relu -> down -> head).  Expected values come from
+per-sample gradients taken with ``torch.autograd.grad`` and activations recomputed by hand,
+not from the library's signal collection.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from depgraph import trace
+from depgraph.groups import find_groups
+from pruners.importance import ScoringContext, collect_signals, make_estimator, needs_of
+
+
+class TinyLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.embed = nn.Embedding(7, 4)
+        self.up = nn.Linear(4, 5, bias=False)
+        self.down = nn.Linear(5, 4, bias=False)
+        self.head = nn.Linear(4, 7, bias=False)
+
+    def forward(self, idx):
+        h = self.embed(idx)
+        return self.head(h + self.down(torch.relu(self.up(h))))
+
+
+SAMPLES = [torch.tensor([[1, 4, 2, 6, 3]]), torch.tensor([[5, 0, 3, 3, 1]]), torch.tensor([[2, 2, 6, 0, 4]])]
+
+
+def loss_of(model, ids):
+    logits = model(ids)
+    return nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:])
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = TinyLM().eval()
+    group = next(g for g in find_groups(trace(model)) if g.kind == "mlp_channel")
+    assert [(m.param, m.axis) for m in group.members] == [("up.weight", 0), ("down.weight", 1)]
+    # independent references: per-sample gradients and the down layer's inputs
+    per_sample = [torch.autograd.grad(loss_of(model, ids), [model.up.weight, model.down.weight]) for ids in SAMPLES]
+    G = [torch.stack([g[k] for g in per_sample]).mean(0).double() for k in range(2)]
+    F = [torch.stack([g[k] ** 2 for g in per_sample]).mean(0).double() for k in range(2)]
+    with torch.no_grad():
+        X = torch.cat([torch.relu(model.up(model.embed(ids)))[0] for ids in SAMPLES]).double()  # (tokens, 5)
+    W = [model.up.weight.detach().double(), model.down.weight.detach().double()]
+    return model, group, G, F, X, W
+
+
+def scores(model, group, name):
+    est = make_estimator(name)
+    sig = collect_signals(model, SAMPLES, needs_of(est), progress=False)
+    return est.score(group, ScoringContext.for_model(model, 0, sig)).numpy()
+
+
+def per_unit(up_vals, down_vals, post=lambda v: v):
+    """Rows for the two members: up's unit u is row u, down's unit u is column u."""
+    return np.stack([post(up_vals.sum(1)).numpy(), post(down_vals.sum(0)).numpy()])
+
+
+def test_taylor_vector(setup):
+    model, group, G, F, X, W = setup
+    expect = per_unit(W[0] * G[0], W[1] * G[1], post=torch.abs)
+    assert np.allclose(scores(model, group, "taylor-vector"), expect, rtol=1e-5, atol=1e-9)
+
+
+def test_taylor_element(setup):
+    model, group, G, F, X, W = setup
+    expect = per_unit((W[0] * G[0]).abs(), (W[1] * G[1]).abs())
+    assert np.allclose(scores(model, group, "taylor-element"), expect, rtol=1e-5, atol=1e-9)
+
+
+def test_taylor_second(setup):
+    model, group, G, F, X, W = setup
+    expect = per_unit(0.5 * W[0] * F[0] * W[0], 0.5 * W[1] * F[1] * W[1])
+    assert np.allclose(scores(model, group, "taylor-second"), expect, rtol=1e-5, atol=1e-12)
+
+
+def test_taylor_mix(setup):
+    model, group, G, F, X, W = setup
+    mix = [(W[k] * G[k] - 0.5 * W[k] * F[k] * W[k]).abs() for k in range(2)]
+    assert np.allclose(scores(model, group, "taylor-mix"), per_unit(*mix), rtol=1e-5, atol=1e-9)
+
+
+def test_vector_and_element_differ(setup):
+    model, group, *_ = setup
+    assert not np.allclose(scores(model, group, "taylor-vector"), scores(model, group, "taylor-element"))
+
+
+def test_wanda_sp(setup):
+    model, group, G, F, X, W = setup
+    norms = X.pow(2).sum(0).sqrt()  # ||X_u|| over all calibration tokens
+    expect = np.stack([np.zeros(5), (W[1].abs().sum(0) * norms).numpy()])  # up's pruned axis is not its input
+    assert np.allclose(scores(model, group, "wanda-sp"), expect, rtol=1e-5)
+
+
+def test_flap(setup):
+    model, group, G, F, X, W = setup
+    var = X.var(0, unbiased=False)
+    expect = np.stack([np.zeros(5), ((W[1] ** 2).sum(0) * var).numpy()])
+    assert np.allclose(scores(model, group, "flap"), expect, rtol=1e-5, atol=1e-12)
+
+
+def test_signal_collection_leaves_the_model_as_it_was(setup):
+    model, *_ = setup
+    before = {n: (p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()}
+    collect_signals(model, SAMPLES, {"grad", "fisher", "activations"}, progress=False)
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n][0]) and p.requires_grad == before[n][1] and p.grad is None
+    assert not model.training
+
+
+def test_unknown_signal_is_refused(setup):
+    with pytest.raises(ValueError, match="unknown signals"):
+        collect_signals(setup[0], SAMPLES, {"hessian"})

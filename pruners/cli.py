@@ -41,6 +41,9 @@ def build_parser() -> Parser:
         "--kinds", nargs="+", default=["attention", "mlp_channel"],
         help="kinds to prune: attention (KV groups or heads), attention_head, kv_group, query_head, mlp_channel, hidden_channel",
     )
+    pr.add_argument("--calibration", help="text or Alpaca .json/.jsonl file for gradient/activation estimators")
+    pr.add_argument("--calibration-samples", type=int, default=10, help="calibration sequences (default 10)")
+    pr.add_argument("--calibration-seq-len", type=int, default=128, help="tokens per calibration sequence (default 128)")
     pr.add_argument("--out", required=True, help="output directory (must be empty or absent unless --force)")
     pr.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
     pr.add_argument("--eval-text", help="text file for perplexity before and after")
@@ -93,6 +96,17 @@ def _validate_prune(args) -> None:
         raise UsageError("depprune prune: --out must differ from --model (the source is never modified)")
     if args.eval_text and not Path(args.eval_text).is_file():
         raise UsageError(f"depprune prune: --eval-text {args.eval_text!r} is not a file")
+    from .importance import make_estimator, needs_of
+
+    needs = needs_of(make_estimator(args.importance))
+    if needs and not args.calibration:
+        raise UsageError(
+            f"depprune prune: --importance {args.importance} reads {', '.join(sorted(needs))} from calibration data; pass --calibration FILE"
+        )
+    if args.calibration and not Path(args.calibration).is_file():
+        raise UsageError(f"depprune prune: --calibration {args.calibration!r} is not a file")
+    if args.calibration_samples < 1 or args.calibration_seq_len < 2:
+        raise UsageError("depprune prune: --calibration-samples must be >= 1 and --calibration-seq-len >= 2")
 
 
 def _prune(args) -> dict:
@@ -105,7 +119,12 @@ def _prune(args) -> dict:
     _validate_prune(args)
     try:
         config = PruneConfig(
-            ratio=args.ratio, importance=args.importance, aggregation=args.aggregation, kinds=args.kinds, seed=args.seed
+            ratio=args.ratio,
+            importance=args.importance,
+            aggregation=args.aggregation,
+            kinds=args.kinds,
+            seed=args.seed,
+            calibration={"source": args.calibration, "samples": args.calibration_samples, "seq_len": args.calibration_seq_len},
         )
     except ValidationError as e:
         err = e.errors()[0]
@@ -119,7 +138,12 @@ def _prune(args) -> dict:
     try:
         check_feasible(analysis[1], config, count_params(skeleton))
         model = load_model(args.model)
-        result = prune(model, config, progress=not args.quiet, analysis=analysis)
+        tokenizer = None
+        if args.calibration or args.eval_text:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+        result = prune(model, config, progress=not args.quiet, analysis=analysis, tokenizer=tokenizer)
     except PlanError as e:
         raise UsageError(f"depprune prune: {e}") from e
     report = {
@@ -129,6 +153,7 @@ def _prune(args) -> dict:
         "aggregation": args.aggregation,
         "kinds": list(args.kinds),
         "ratio_target": args.ratio,
+        "calibration": args.calibration,
         "params_before": result.params_before,
         "params_after": result.params_after,
         "ratio_achieved": round(result.achieved_ratio, 6),
@@ -136,14 +161,11 @@ def _prune(args) -> dict:
         "removed": result.plan.by_kind,
     }
     if args.eval_text:
-        from transformers import AutoTokenizer
-
         from .evaluate import perplexity
 
-        tok = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
         report["eval_text"] = args.eval_text
-        report["ppl_before"] = perplexity(model, tok, args.eval_text, progress=not args.quiet)
-        report["ppl_after"] = perplexity(result.model, tok, args.eval_text, progress=not args.quiet)
+        report["ppl_before"] = perplexity(model, tokenizer, args.eval_text, progress=not args.quiet)
+        report["ppl_after"] = perplexity(result.model, tokenizer, args.eval_text, progress=not args.quiet)
     save_pruned(result.model, args.out, result.record, source=args.tokenizer or args.model, force=args.force)
     return report
 
@@ -161,7 +183,9 @@ def _print_prune(r: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from .checkpoint import ModelSourceError
+    from .importance import load_plugins
 
+    load_plugins()  # estimators from installed packages show up in --help and --importance
     try:
         args = build_parser().parse_args(argv)
         if args.command == "inspect":

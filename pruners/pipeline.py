@@ -19,7 +19,8 @@ from depgraph import meta_copy, trace
 from depgraph.groups import Group, find_groups
 
 from .executor import PruneRecord, execute
-from .importance import AGGREGATIONS, ESTIMATORS, ScoringContext, make_estimator, unit_scores
+from .calibration import CalibrationConfig, calibration_samples
+from .importance import AGGREGATIONS, ESTIMATORS, ScoringContext, collect_signals, make_estimator, needs_of, unit_scores
 from .planner import KindName, Plan, PlannerConfig, plan_uniform
 
 
@@ -36,6 +37,9 @@ class PruneConfig(BaseModel):
     )
     min_units: int = Field(1, ge=1, description="units every pruned group keeps at least")
     seed: int = Field(0, description="seed for random importance and any sampling")
+    calibration: CalibrationConfig = Field(
+        default_factory=CalibrationConfig, description="calibration data for gradient/activation estimators"
+    )
 
     @field_validator("importance")
     @classmethod
@@ -80,9 +84,22 @@ def analyze(model: nn.Module) -> tuple[object, list[Group]]:
     return tr, find_groups(tr)
 
 
-def score_groups(model: nn.Module, groups: list[Group], importance: str, aggregation: str, seed: int, progress: bool = True) -> dict[str, np.ndarray]:
+def score_groups(
+    model: nn.Module,
+    groups: list[Group],
+    importance: str,
+    aggregation: str,
+    seed: int,
+    progress: bool = True,
+    samples: list[torch.Tensor] | None = None,
+) -> dict[str, np.ndarray]:
+    """One score per unit of every group; calibration ``samples`` feed estimators that need signals."""
     estimator = make_estimator(importance)
-    ctx = ScoringContext.for_model(model, seed)
+    needs = needs_of(estimator)
+    if needs and not samples:
+        raise ValueError(f"importance {importance!r} needs calibration samples (CLI: --calibration FILE)")
+    signals = collect_signals(model, samples or [], needs, progress) if needs else None
+    ctx = ScoringContext.for_model(model, seed, signals)
     return {
         g.id: unit_scores(g, estimator, ctx, aggregation)
         for g in tqdm(groups, desc=f"scoring ({importance})", disable=not progress, leave=False)
@@ -98,12 +115,18 @@ def check_feasible(groups: list[Group], config: PruneConfig, total_params: int) 
     return plan_uniform(groups, dummy, planner, total_params)
 
 
-def prune(model: nn.Module, config: PruneConfig, progress: bool = True, analysis=None) -> PruneResult:
+def prune(model: nn.Module, config: PruneConfig, progress: bool = True, analysis=None, tokenizer=None) -> PruneResult:
     """Prune a copy of ``model`` as ``config`` says; ``model`` itself is never modified.
 
     ``analysis`` may pass a ``(trace, groups)`` pair from :func:`analyze` of a model with the
-    same structure (e.g. its meta copy) to skip tracing again.
+    same structure (e.g. its meta copy) to skip tracing again.  ``tokenizer`` is needed when
+    the estimator reads calibration data (``config.calibration.source``).
     """
+    samples = None
+    if needs_of(make_estimator(config.importance)):
+        if tokenizer is None or config.calibration.source is None:
+            raise ValueError(f"importance {config.importance!r} needs calibration data: a tokenizer and calibration.source")
+        samples = calibration_samples(config.calibration.model_copy(update={"seed": config.seed}), tokenizer)
     torch.manual_seed(config.seed)
     tr, groups = analysis if analysis is not None else analyze(model)
     before = count_params(model)
@@ -111,7 +134,7 @@ def prune(model: nn.Module, config: PruneConfig, progress: bool = True, analysis
     from .planner import select_groups
 
     chosen = select_groups(groups, planner.kinds)
-    scores = score_groups(model, chosen, config.importance, config.aggregation, config.seed, progress)
+    scores = score_groups(model, chosen, config.importance, config.aggregation, config.seed, progress, samples)
     plan = plan_uniform(groups, scores, planner, before)
     pruned, record = execute(model, tr, groups, plan.keep)
     return PruneResult(pruned, record, plan, groups, before, count_params(pruned))

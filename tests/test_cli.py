@@ -58,7 +58,7 @@ BAD = {
     "ratio one": (["--ratio", "1"], "--ratio 1.0 is outside (0, 1)"),
     "ratio negative": (["--ratio", "-0.2"], "--ratio -0.2 is outside (0, 1)"),
     "ratio removing every unit": (["--ratio", "0.85"], "would remove every"),
-    "unknown importance": (["--importance", "magic"], "unknown --importance 'magic'; valid: l1, l2, random"),
+    "unknown importance": (["--importance", "magic"], "unknown --importance 'magic'; valid: flap, l1, l2, random, taylor-"),
     "unknown kind": (["--kinds", "layers"], "--kinds"),
 }
 

@@ -103,6 +103,21 @@ def register_aggregation(name: str):
     return deco
 
 
+def load_plugins(group: str = "depprune.estimators") -> list[str]:
+    """Import every installed plugin module advertised under the ``depprune.estimators`` entry point.
+
+    A plugin package declares ``[project.entry-points."depprune.estimators"] my = "my_pkg.estimators"``;
+    importing the module runs its ``register_estimator`` / ``register_aggregation`` calls.
+    """
+    from importlib.metadata import entry_points
+
+    loaded = []
+    for ep in entry_points(group=group):
+        ep.load()
+        loaded.append(ep.name)
+    return loaded
+
+
 def make_estimator(name: str, **options) -> Estimator:
     """Build a registered estimator; unknown names and bad options fail with the valid choices."""
     if name not in ESTIMATORS:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from depgraph.groups import Group, find_groups
 from .executor import PruneRecord, execute
 from .calibration import CalibrationConfig, calibration_samples
 from .importance import AGGREGATIONS, ESTIMATORS, ScoringContext, collect_signals, make_estimator, needs_of, unit_scores
-from .planner import KindName, Plan, PlannerConfig, plan_uniform
+from .planner import KindName, LayerBound, Plan, PlannerConfig, make_plan, select_groups
 
 
 class PruneConfig(BaseModel):
@@ -35,7 +36,12 @@ class PruneConfig(BaseModel):
     kinds: list[KindName] = Field(
         default_factory=lambda: ["attention", "mlp_channel"], description="group kinds to prune"
     )
+    strategy: Literal["uniform", "global"] = Field("uniform", description="uniform per-group ratio, or global ranking")
+    layers: tuple[LayerBound, LayerBound] | None = Field(
+        None, description="[start, end) layers to prune: indices (negative from the end) or fractions"
+    )
     min_units: int = Field(1, ge=1, description="units every pruned group keeps at least")
+    round_to: int = Field(1, ge=1, description="round kept units per group to a multiple of this")
     seed: int = Field(0, description="seed for random importance and any sampling")
     calibration: CalibrationConfig = Field(
         default_factory=CalibrationConfig, description="calibration data for gradient/activation estimators"
@@ -56,7 +62,10 @@ class PruneConfig(BaseModel):
         return v
 
     def planner(self) -> PlannerConfig:
-        return PlannerConfig(ratio=self.ratio, kinds=self.kinds, min_units=self.min_units)
+        return PlannerConfig(
+            ratio=self.ratio, kinds=self.kinds, strategy=self.strategy, layers=self.layers,
+            min_units=self.min_units, round_to=self.round_to,
+        )
 
 
 @dataclass
@@ -108,11 +117,9 @@ def score_groups(
 
 def check_feasible(groups: list[Group], config: PruneConfig, total_params: int) -> Plan:
     """Plan with dummy scores: raises :class:`~pruners.executor.PlanError` before any weight is read."""
-    from .planner import select_groups
-
     planner = config.planner()
-    dummy = {g.id: np.zeros(g.n_units) for g in select_groups(groups, planner.kinds)}
-    return plan_uniform(groups, dummy, planner, total_params)
+    dummy = {g.id: np.zeros(g.n_units) for g in select_groups(groups, planner.kinds, planner.layers)}
+    return make_plan(groups, dummy, planner, total_params)
 
 
 def prune(model: nn.Module, config: PruneConfig, progress: bool = True, analysis=None, tokenizer=None) -> PruneResult:
@@ -131,10 +138,8 @@ def prune(model: nn.Module, config: PruneConfig, progress: bool = True, analysis
     tr, groups = analysis if analysis is not None else analyze(model)
     before = count_params(model)
     planner = config.planner()
-    from .planner import select_groups
-
-    chosen = select_groups(groups, planner.kinds)
+    chosen = select_groups(groups, planner.kinds, planner.layers)
     scores = score_groups(model, chosen, config.importance, config.aggregation, config.seed, progress, samples)
-    plan = plan_uniform(groups, scores, planner, before)
+    plan = make_plan(groups, scores, planner, before)
     pruned, record = execute(model, tr, groups, plan.keep)
     return PruneResult(pruned, record, plan, groups, before, count_params(pruned))

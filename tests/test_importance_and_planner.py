@@ -10,7 +10,7 @@ from torch import nn
 from depgraph.groups import Group, Member
 from pruners.executor import PlanError, validate_keep
 from pruners.importance import AGGREGATIONS, ESTIMATORS, ScoringContext, make_estimator, unit_scores
-from pruners.planner import PlannerConfig, plan_uniform
+from pruners.planner import PlannerConfig, plan_global, plan_uniform
 
 
 class Two(nn.Module):
@@ -105,3 +105,54 @@ def test_executor_refuses_unequal_query_heads():
     g = fake("query_head", 0, 4, 10, per_block=2)
     with pytest.raises(PlanError, match="equal numbers per KV group"):
         validate_keep([g], {g.id: [0, 1, 2]})
+
+
+def layered(n_layers=8, units=16, unit_params=10):
+    return [fake("mlp_channel", i, units, unit_params) for i in range(n_layers)]
+
+
+def test_layer_range_keeps_first_and_last_layers_like_llm_pruner():
+    groups = layered()
+    scores = {g.id: np.arange(16.0) for g in groups}
+    total = 8 * 16 * 10 * 2
+    plan = plan_uniform(groups, scores, PlannerConfig(ratio=0.1, kinds=["mlp_channel"], layers=(2, -1)), total)
+    assert sorted(int(k.split("@")[1]) for k in plan.keep) == [2, 3, 4, 5, 6]
+    assert abs(plan.params_removed - 0.1 * total) <= 5 * 10  # within one unit per pruned group
+    fractional = plan_uniform(groups, scores, PlannerConfig(ratio=0.1, kinds=["mlp_channel"], layers=(0.25, 0.875)), total)
+    assert fractional.keep.keys() == plan.keep.keys()
+
+
+def test_global_ranking_prunes_where_normalised_scores_are_low():
+    groups = layered(n_layers=2)
+    flat = np.ones(16)
+    skewed = np.concatenate([np.full(8, 0.01), np.full(8, 1.99)])  # same mean, half the units nearly useless
+    scores = {"mlp_channel@0": flat, "mlp_channel@1": skewed}
+    plan = plan_global(groups, scores, PlannerConfig(ratio=0.25, kinds=["mlp_channel"], strategy="global"), 320)
+    assert "mlp_channel@0" not in plan.keep  # uniform layer untouched
+    assert plan.keep["mlp_channel@1"] == list(range(8, 16))
+    assert plan.params_removed == 80
+
+
+def test_global_keeps_min_units_and_moves_query_heads_per_kv_group():
+    qh = fake("query_head", 0, 8, 10, per_block=4)
+    scores = {qh.id: np.array([1, 2, 3, 4, 4, 3, 2, 1], dtype=float)}
+    plan = plan_global([qh], scores, PlannerConfig(ratio=0.125, kinds=["query_head"], strategy="global"), 160)
+    assert plan.keep[qh.id] == [1, 2, 3, 4, 5, 6]  # one head (the lowest) from each KV group
+    with pytest.raises(PlanError, match="cannot be reached"):
+        plan_global([qh], scores, PlannerConfig(ratio=0.48, kinds=["query_head"], strategy="global", min_units=3), 160)
+
+
+def test_round_to_keeps_multiples():
+    groups = layered(n_layers=2, units=64, unit_params=1)
+    scores = {g.id: np.arange(64.0) for g in groups}
+    plan = plan_uniform(groups, scores, PlannerConfig(ratio=0.2, kinds=["mlp_channel"], round_to=8), 200)
+    assert all(len(k) % 8 == 0 for k in plan.keep.values())
+    gplan = plan_global(groups, scores, PlannerConfig(ratio=0.2, kinds=["mlp_channel"], strategy="global", round_to=8), 200)
+    assert all(len(k) % 8 == 0 for k in gplan.keep.values())
+
+
+def test_bad_layer_ranges():
+    with pytest.raises(ValueError, match=r"fractional layer bound must be in \[0, 1\]"):
+        PlannerConfig(ratio=0.2, layers=(0.5, 1.5))
+    with pytest.raises(PlanError, match="selects no layer"):
+        plan_uniform(layered(), {}, PlannerConfig(ratio=0.1, kinds=["mlp_channel"], layers=(6, 3)), 1000)

@@ -30,28 +30,90 @@ def build_parser() -> Parser:
     i.add_argument("--model", required=True, help="model directory (config.json alone is enough: traced on meta)")
     i.add_argument("--json", action="store_true", help="print one JSON object")
 
-    pr = sub.add_parser("prune", help="prune a model, save it and print a before/after report")
-    pr.add_argument("--model", required=True, help="model directory with config.json and weights")
-    pr.add_argument("--ratio", required=True, type=float, help="fraction of parameters to remove, in (0, 1)")
-    pr.add_argument(
-        "--importance", default="l2", help=f"importance estimator: {', '.join(sorted(ESTIMATORS))} (default l2)"
+    pr = sub.add_parser(
+        "prune", help="prune a model, save it and print a before/after report",
+        description="Options may come from --config (YAML/JSON, see pruners.run_config); flags given here override it.",
     )
-    pr.add_argument("--aggregation", default="sum", help=f"group aggregation: {', '.join(sorted(AGGREGATIONS))}")
+    pr.add_argument("--config", help="YAML or JSON run file; command-line flags override its values")
+    pr.add_argument("--model", help="model directory (or hub id) with config.json and weights")
+    pr.add_argument("--ratio", type=float, help="fraction of parameters to remove, in (0, 1)")
+    pr.add_argument("--importance", help=f"importance estimator: {', '.join(sorted(ESTIMATORS))} (default l2)")
+    pr.add_argument("--aggregation", help=f"group aggregation: {', '.join(sorted(AGGREGATIONS))} (default sum)")
     pr.add_argument(
-        "--kinds", nargs="+", default=["attention", "mlp_channel"],
-        help="kinds to prune: attention (KV groups or heads), attention_head, kv_group, query_head, mlp_channel, hidden_channel",
+        "--kinds", nargs="+",
+        help="kinds to prune (default: attention mlp_channel): attention (KV groups or heads), attention_head, "
+        "kv_group, query_head, mlp_channel, hidden_channel",
     )
+    pr.add_argument("--strategy", help="uniform (same ratio per group, default) or global (lowest scores across layers)")
+    pr.add_argument(
+        "--layers", nargs=2, type=_layer_bound, metavar=("START", "END"),
+        help="prune layers [START, END): indices (negative from the end) or fractions, e.g. 4 -2",
+    )
+    pr.add_argument("--min-units", type=int, help="units every group keeps at least (default 1)")
+    pr.add_argument("--round-to", type=int, help="round kept units per group to a multiple of this (default 1)")
     pr.add_argument("--calibration", help="text or Alpaca .json/.jsonl file for gradient/activation estimators")
-    pr.add_argument("--calibration-samples", type=int, default=10, help="calibration sequences (default 10)")
-    pr.add_argument("--calibration-seq-len", type=int, default=128, help="tokens per calibration sequence (default 128)")
-    pr.add_argument("--out", required=True, help="output directory (must be empty or absent unless --force)")
-    pr.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    pr.add_argument("--calibration-samples", type=int, help="calibration sequences (default 10)")
+    pr.add_argument("--calibration-seq-len", type=int, help="tokens per calibration sequence (default 128)")
+    pr.add_argument("--out", help="output directory (must be empty or absent unless --force)")
+    pr.add_argument("--force", action="store_true", default=None, help="overwrite a non-empty --out")
     pr.add_argument("--eval-text", help="text file for perplexity before and after")
     pr.add_argument("--tokenizer", help="tokenizer directory (default: --model)")
-    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--seed", type=int, help="seed for random importance and calibration sampling (default 0)")
     pr.add_argument("--json", action="store_true", help="print one JSON object")
     pr.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
+
+
+def _layer_bound(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is neither a layer index nor a fraction") from None
+
+
+# command-line flag -> path in the run config
+FLAG_KEYS = {
+    "model": ("model",), "ratio": ("ratio",), "importance": ("importance",), "aggregation": ("aggregation",),
+    "kinds": ("kinds",), "strategy": ("strategy",), "layers": ("layers",), "min_units": ("min_units",),
+    "round_to": ("round_to",), "calibration": ("calibration", "source"), "calibration_samples": ("calibration", "samples"),
+    "calibration_seq_len": ("calibration", "seq_len"), "out": ("out",), "force": ("force",), "eval_text": ("eval_text",),
+    "tokenizer": ("tokenizer",), "seed": ("seed",),
+}
+
+
+def run_config(args):
+    """The run config: ``--config`` file values, overridden by the flags given on the command line."""
+    from pydantic import ValidationError
+
+    from .run_config import RunConfig, read_run_file
+
+    data: dict = {}
+    if args.config:
+        try:
+            data = read_run_file(args.config)
+        except (FileNotFoundError, ValueError) as e:
+            raise UsageError(f"depprune prune: --config: {e}") from e
+    for flag, path in FLAG_KEYS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        node = data
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    for required in ("model", "ratio", "out"):
+        if data.get(required) is None:
+            raise UsageError(f"depprune prune: --{required} is required (on the command line or in --config)")
+    _validate_prune(data)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        flag = "--" + "-".join(str(x) for x in err["loc"] if isinstance(x, str)).replace("_", "-")
+        raise UsageError(f"depprune prune: {flag} {err.get('input')!r}: {err['msg']}") from e
 
 
 def _inspect(args) -> dict:
@@ -74,99 +136,90 @@ def _print_inspect(report: dict) -> None:
     print("groups by kind: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
 
 
-def _validate_prune(args) -> None:
+def _validate_prune(data: dict) -> None:
+    """Checks with messages naming the flag; ``data`` is the merged run mapping (hub ids resolved here)."""
     from .checkpoint import check_model_dir, has_weights
 
-    if not 0.0 < args.ratio < 1.0:
-        raise UsageError(f"depprune prune: --ratio {args.ratio} is outside (0, 1): it is the fraction of parameters to remove")
-    if args.importance not in ESTIMATORS:
-        raise UsageError(f"depprune prune: unknown --importance {args.importance!r}; valid: {', '.join(sorted(ESTIMATORS))}")
-    if args.aggregation not in AGGREGATIONS:
-        raise UsageError(f"depprune prune: unknown --aggregation {args.aggregation!r}; valid: {', '.join(sorted(AGGREGATIONS))}")
-    src = check_model_dir(args.model)
-    args.model = str(src)  # a hub id is now its local snapshot
+    ratio = data["ratio"]
+    if not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0:
+        raise UsageError(f"depprune prune: --ratio {ratio} is outside (0, 1): it is the fraction of parameters to remove")
+    importance = data.get("importance", "l2")
+    if importance not in ESTIMATORS:
+        raise UsageError(f"depprune prune: unknown --importance {importance!r}; valid: {', '.join(sorted(ESTIMATORS))}")
+    aggregation = data.get("aggregation", "sum")
+    if aggregation not in AGGREGATIONS:
+        raise UsageError(f"depprune prune: unknown --aggregation {aggregation!r}; valid: {', '.join(sorted(AGGREGATIONS))}")
+    src = check_model_dir(data["model"])
+    data["model"] = str(src)  # a hub id is now its local snapshot
     if not has_weights(src):
-        raise UsageError(f"depprune prune: {args.model!r} has a config but no weights to prune")
-    out = Path(args.out)
+        raise UsageError(f"depprune prune: {data['model']!r} has a config but no weights to prune")
+    out = Path(data["out"])
     if out.exists() and not out.is_dir():
-        raise UsageError(f"depprune prune: --out {args.out!r} exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise UsageError(f"depprune prune: --out {args.out!r} exists and is not empty; pass --force to overwrite it")
+        raise UsageError(f"depprune prune: --out {data['out']!r} exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not data.get("force"):
+        raise UsageError(f"depprune prune: --out {data['out']!r} exists and is not empty; pass --force to overwrite it")
     if out.resolve() == src.resolve():
         raise UsageError("depprune prune: --out must differ from --model (the source is never modified)")
-    if args.eval_text and not Path(args.eval_text).is_file():
-        raise UsageError(f"depprune prune: --eval-text {args.eval_text!r} is not a file")
+    if data.get("eval_text") and not Path(data["eval_text"]).is_file():
+        raise UsageError(f"depprune prune: --eval-text {data['eval_text']!r} is not a file")
     from .importance import make_estimator, needs_of
 
-    needs = needs_of(make_estimator(args.importance))
-    if needs and not args.calibration:
+    needs = needs_of(make_estimator(importance))
+    source = (data.get("calibration") or {}).get("source")
+    if needs and not source:
         raise UsageError(
-            f"depprune prune: --importance {args.importance} reads {', '.join(sorted(needs))} from calibration data; pass --calibration FILE"
+            f"depprune prune: --importance {importance} reads {', '.join(sorted(needs))} from calibration data; pass --calibration FILE"
         )
-    if args.calibration and not Path(args.calibration).is_file():
-        raise UsageError(f"depprune prune: --calibration {args.calibration!r} is not a file")
-    if args.calibration_samples < 1 or args.calibration_seq_len < 2:
-        raise UsageError("depprune prune: --calibration-samples must be >= 1 and --calibration-seq-len >= 2")
+    if source and not Path(source).is_file():
+        raise UsageError(f"depprune prune: --calibration {source!r} is not a file")
 
 
 def _prune(args) -> dict:
-    from pydantic import ValidationError
-
     from .checkpoint import load_model, save_pruned
     from .executor import PlanError
-    from .pipeline import PruneConfig, analyze, check_feasible, count_params, prune
+    from .pipeline import analyze, check_feasible, count_params, prune
 
-    _validate_prune(args)
-    try:
-        config = PruneConfig(
-            ratio=args.ratio,
-            importance=args.importance,
-            aggregation=args.aggregation,
-            kinds=args.kinds,
-            seed=args.seed,
-            calibration={"source": args.calibration, "samples": args.calibration_samples, "seq_len": args.calibration_seq_len},
-        )
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise UsageError(f"depprune prune: --{err['loc'][0]}: {err['msg']}") from e
+    cfg = run_config(args)
     if args.quiet:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    skeleton = load_model(args.model, weights=False)  # structure only: plan errors before loading weights
+    skeleton = load_model(cfg.model, weights=False)  # structure only: plan errors before loading weights
     analysis = analyze(skeleton)
     try:
-        check_feasible(analysis[1], config, count_params(skeleton))
-        model = load_model(args.model)
+        check_feasible(analysis[1], cfg, count_params(skeleton))
+        model = load_model(cfg.model)
         tokenizer = None
-        if args.calibration or args.eval_text:
+        if cfg.calibration.source or cfg.eval_text:
             from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
-        result = prune(model, config, progress=not args.quiet, analysis=analysis, tokenizer=tokenizer)
+            tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.model)
+        result = prune(model, cfg, progress=not args.quiet, analysis=analysis, tokenizer=tokenizer)
     except PlanError as e:
         raise UsageError(f"depprune prune: {e}") from e
     report = {
-        "model": str(args.model),
-        "out": str(args.out),
-        "importance": args.importance,
-        "aggregation": args.aggregation,
-        "kinds": list(args.kinds),
-        "ratio_target": args.ratio,
-        "calibration": args.calibration,
+        "model": cfg.model,
+        "out": cfg.out,
+        "importance": cfg.importance,
+        "aggregation": cfg.aggregation,
+        "kinds": list(cfg.kinds),
+        "strategy": cfg.strategy,
+        "layers": list(cfg.layers) if cfg.layers else None,
+        "ratio_target": cfg.ratio,
+        "calibration": str(cfg.calibration.source) if cfg.calibration.source else None,
         "params_before": result.params_before,
         "params_after": result.params_after,
         "ratio_achieved": round(result.achieved_ratio, 6),
         "group_ratio": round(result.plan.group_ratio, 6),
         "removed": result.plan.by_kind,
     }
-    if args.eval_text:
+    if cfg.eval_text:
         from .evaluate import perplexity
 
-        report["eval_text"] = args.eval_text
-        report["ppl_before"] = perplexity(model, tokenizer, args.eval_text, progress=not args.quiet)
-        report["ppl_after"] = perplexity(result.model, tokenizer, args.eval_text, progress=not args.quiet)
-    save_pruned(result.model, args.out, result.record, source=args.tokenizer or args.model, force=args.force)
+        report["eval_text"] = cfg.eval_text
+        report["ppl_before"] = perplexity(model, tokenizer, cfg.eval_text, progress=not args.quiet)
+        report["ppl_after"] = perplexity(result.model, tokenizer, cfg.eval_text, progress=not args.quiet)
+    save_pruned(result.model, cfg.out, result.record, source=cfg.tokenizer or cfg.model, force=cfg.force)
     return report
 
 

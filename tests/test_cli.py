@@ -16,14 +16,14 @@ STORIES = MODELS / "stories260K"
 pytestmark = pytest.mark.skipif(not STORIES.is_dir(), reason="../shared/models is not present")
 
 
-def run(capsys, *argv):
+def run_cli(capsys, *argv):
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
 
 
 def test_inspect_json_lists_groups_and_params(capsys):
-    code, out, err = run(capsys, "inspect", "--model", str(STORIES), "--json")
+    code, out, err = run_cli(capsys, "inspect", "--model", str(STORIES), "--json")
     assert code == 0, err
     report = json.loads(out)
     assert report["params"] == 260032
@@ -36,7 +36,7 @@ def test_inspect_config_only_directory_is_traced_on_meta(tmp_path, capsys):
     cfg.update(hidden_size=8192, intermediate_size=28672, num_hidden_layers=2, num_attention_heads=64,
                num_key_value_heads=8, head_dim=128, vocab_size=32000)  # 70B-shaped layers, no weights
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    code, out, err = run(capsys, "inspect", "--model", str(tmp_path), "--json")
+    code, out, err = run_cli(capsys, "inspect", "--model", str(tmp_path), "--json")
     assert code == 0, err
     report = json.loads(out)
     assert {(g["kind"], g["units"]) for g in report["groups"] if g["layer"] == 1} == {
@@ -45,7 +45,7 @@ def test_inspect_config_only_directory_is_traced_on_meta(tmp_path, capsys):
 
 
 def test_inspect_text_table(capsys):
-    code, out, _ = run(capsys, "inspect", "--model", str(STORIES))
+    code, out, _ = run_cli(capsys, "inspect", "--model", str(STORIES))
     assert code == 0
     assert "kv_group@0" in out and "groups by kind:" in out
 
@@ -75,7 +75,7 @@ def test_bad_input_is_one_line_exit_2_and_no_output(case, tmp_path, capsys, monk
         else:
             extra += overrides[i : i + 2]
     argv = ["prune"] + [x for kv in args.items() for x in kv] + extra + ["--quiet"]
-    code, out, err = run(capsys, *argv)
+    code, out, err = run_cli(capsys, *argv)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], err
@@ -87,13 +87,13 @@ def test_non_empty_out_needs_force(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    code, _, err = run(capsys, "prune", "--model", str(STORIES), "--ratio", "0.2", "--out", str(out), "--quiet")
+    code, _, err = run_cli(capsys, "prune", "--model", str(STORIES), "--ratio", "0.2", "--out", str(out), "--quiet")
     assert code == 2 and "pass --force" in err and len(err.strip().splitlines()) == 1
     assert (out / "keep.txt").read_text() == "precious"
 
 
 def test_ratio_beyond_capacity_is_refused(tmp_path, capsys):
-    code, _, err = run(capsys, "prune", "--model", str(STORIES), "--ratio", "0.95", "--out", str(tmp_path / "o"), "--quiet")
+    code, _, err = run_cli(capsys, "prune", "--model", str(STORIES), "--ratio", "0.95", "--out", str(tmp_path / "o"), "--quiet")
     assert code == 2 and "0.95" in err
     assert not (tmp_path / "o").exists()
 
@@ -104,12 +104,40 @@ def test_prune_writes_loadable_model_and_source_is_untouched(tmp_path, capsys):
     shutil.copytree(STORIES, src)
     before = {p.name: p.read_bytes() for p in src.iterdir() if p.is_file()}
     out = tmp_path / "out"
-    code, stdout, err = run(capsys, "prune", "--model", str(src), "--ratio", "0.3", "--importance", "random",
+    code, stdout, err = run_cli(capsys, "prune", "--model", str(src), "--ratio", "0.3", "--importance", "random",
                             "--kinds", "query_head", "mlp_channel", "--out", str(out), "--json", "--quiet")
     assert code == 0, err
     report = json.loads(stdout)
     assert report["params_after"] < report["params_before"]
     assert {p.name: p.read_bytes() for p in src.iterdir() if p.is_file()} == before
-    code, stdout, err = run(capsys, "inspect", "--model", str(out), "--json")
+    code, stdout, err = run_cli(capsys, "inspect", "--model", str(out), "--json")
     assert code == 0, err
     assert json.loads(stdout)["params"] == report["params_after"]
+
+
+def test_run_config_file_with_command_line_override(tmp_path, capsys):
+    run = tmp_path / "run.yaml"
+    run.write_text(
+        f"model: {STORIES}\nout: {tmp_path / 'from-file'}\nratio: 0.95\nimportance: l1\n"
+        "kinds: [mlp_channel]\nlayers: [1, -1]\nround_to: 4\n"
+    )
+    code, out, err = run_cli(capsys, "prune", "--config", str(run), "--ratio", "0.1", "--json", "--quiet")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["ratio_target"] == 0.1 and report["importance"] == "l1" and report["layers"] == [1, -1]
+    assert (tmp_path / "from-file" / "config.json").is_file()
+    cfg = json.loads((tmp_path / "from-file" / "config.json").read_text())
+    kept = {gid.split("@")[1]: len(units) for gid, units in cfg["depprune"]["record"]["kept"].items()}
+    assert set(kept) == {"1", "2", "3"} and all(n % 4 == 0 for n in kept.values())  # layers 0 and 4 untouched
+
+
+def test_run_config_errors_name_the_bad_value(tmp_path, capsys):
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps({"model": str(STORIES), "out": str(tmp_path / "o"), "ratio": 0.2, "strategy": "greedy"}))
+    code, _, err = run_cli(capsys, "prune", "--config", str(run), "--quiet")
+    assert code == 2 and "--strategy 'greedy'" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(capsys, "prune", "--config", str(tmp_path / "missing.yaml"))
+    assert code == 2 and "does not exist" in err
+    code, _, err = run_cli(capsys, "prune", "--model", str(STORIES), "--out", str(tmp_path / "o"))
+    assert code == 2 and "--ratio is required" in err
+    assert not (tmp_path / "o").exists()

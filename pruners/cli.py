@@ -30,6 +30,20 @@ def build_parser() -> Parser:
     i.add_argument("--model", required=True, help="model directory (config.json alone is enough: traced on meta)")
     i.add_argument("--json", action="store_true", help="print one JSON object")
 
+    ev = sub.add_parser("eval", help="perplexity, zero-shot accuracy and speed of one or more models, side by side")
+    ev.add_argument("--model", nargs="+", required=True, help="model directories (e.g. the original and the pruned one)")
+    ev.add_argument("--tokenizer", help="tokenizer directory (default: each model's own)")
+    ev.add_argument("--ppl", nargs="+", default=[], metavar="FILE", help="text files for perplexity (WikiText-2, PTB, any text)")
+    ev.add_argument("--seq-len", type=int, default=128, help="perplexity window in tokens (128 as in LLM-Pruner; 2048)")
+    ev.add_argument("--max-tokens", type=int, help="score at most this many tokens per perplexity file")
+    ev.add_argument("--piqa", metavar="JSONL", help="PIQA jsonl (labels read from <name>-labels.lst beside it)")
+    ev.add_argument("--openbookqa", metavar="TSV", help="OpenBookQA TSV")
+    ev.add_argument("--limit", type=int, help="evaluate at most this many multiple-choice items per task")
+    ev.add_argument("--speed", action="store_true", help="generation tokens/s and peak memory")
+    ev.add_argument("--lm-eval-tasks", help="comma-separated lm-evaluation-harness tasks (needs lm-eval installed)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+
     pr = sub.add_parser(
         "prune", help="prune a model, save it and print a before/after report",
         description="Options may come from --config (YAML/JSON, see pruners.run_config); flags given here override it.",
@@ -214,13 +228,80 @@ def _prune(args) -> dict:
         "removed": result.plan.by_kind,
     }
     if cfg.eval_text:
-        from .evaluate import perplexity
+        from .eval.perplexity import perplexity
 
         report["eval_text"] = cfg.eval_text
         report["ppl_before"] = perplexity(model, tokenizer, cfg.eval_text, progress=not args.quiet)
         report["ppl_after"] = perplexity(result.model, tokenizer, cfg.eval_text, progress=not args.quiet)
     save_pruned(result.model, cfg.out, result.record, source=cfg.tokenizer or cfg.model, force=cfg.force)
     return report
+
+
+def _eval(args) -> dict:
+    from transformers import AutoTokenizer
+
+    from .checkpoint import load_model
+    from .eval import generation_speed, perplexity, read_openbookqa, read_piqa, zero_shot
+    from .pipeline import count_params
+
+    for f in args.ppl + [x for x in (args.piqa, args.openbookqa) if x]:
+        if not Path(f).is_file():
+            raise UsageError(f"depprune eval: {f!r} is not a file")
+    if args.seq_len < 1:
+        raise UsageError(f"depprune eval: --seq-len {args.seq_len} must be positive")
+    if not (args.ppl or args.piqa or args.openbookqa or args.speed or args.lm_eval_tasks):
+        raise UsageError("depprune eval: nothing to evaluate; pass --ppl, --piqa, --openbookqa, --speed or --lm-eval-tasks")
+    tasks = {}
+    try:
+        if args.piqa:
+            tasks["piqa"] = read_piqa(args.piqa)
+        if args.openbookqa:
+            tasks["openbookqa"] = read_openbookqa(args.openbookqa)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"depprune eval: {e}") from e
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    results = {}
+    for path in args.model:
+        model = load_model(path)
+        tok = AutoTokenizer.from_pretrained(args.tokenizer or path)
+        r: dict = {"params": count_params(model)}
+        for f in args.ppl:
+            r[f"ppl:{Path(f).name}@{args.seq_len}"] = perplexity(
+                model, tok, f, seq_len=args.seq_len, max_tokens=args.max_tokens, progress=not args.quiet
+            )
+        for name, items in tasks.items():
+            scores = zero_shot(model, tok, items, limit=args.limit, progress=not args.quiet)
+            r[f"{name}:acc"], r[f"{name}:acc_norm"] = scores["acc"], scores["acc_norm"]
+        if args.speed:
+            sp = generation_speed(model)
+            r["tokens_per_s"], r["param_bytes"], r["peak_bytes"] = sp["tokens_per_s"], sp["param_bytes"], sp["peak_bytes"]
+        if args.lm_eval_tasks:
+            from .eval.lm_eval_adapter import run_lm_eval
+
+            try:
+                for task, metrics in run_lm_eval(model, tok, args.lm_eval_tasks.split(","), args.limit).items():
+                    r.update({f"{task}:{k}": v for k, v in metrics.items()})
+            except ImportError as e:
+                raise UsageError(f"depprune eval: {e}") from e
+        results[path] = r
+    return {"models": results}
+
+
+def _print_eval(report: dict) -> None:
+    models = list(report["models"])
+    metrics = list(dict.fromkeys(k for r in report["models"].values() for k in r))
+    width = max(14, *(len(Path(m).name) + 2 for m in models))
+    first = max(len(k) for k in metrics) + 2
+    print(f"{'metric':<{first}}" + "".join(f"{Path(m).name:>{width}}" for m in models))
+    for k in metrics:
+        cells = []
+        for m in models:
+            v = report["models"][m].get(k)
+            cells.append(f"{'-':>{width}}" if v is None else f"{v:>{width},}" if isinstance(v, int) else f"{v:>{width}.4f}")
+        print(f"{k:<{first}}" + "".join(cells))
 
 
 def _print_prune(r: dict) -> None:
@@ -244,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "inspect":
             report = _inspect(args)
             print(json.dumps(report)) if args.json else _print_inspect(report)
+        elif args.command == "eval":
+            report = _eval(args)
+            print(json.dumps(report)) if args.json else _print_eval(report)
         else:
             report = _prune(args)
             print(json.dumps(report)) if args.json else _print_prune(report)

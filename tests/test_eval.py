@@ -1,0 +1,89 @@
+"""Evaluation: format readers, perplexity and zero-shot scoring against direct computations, the eval CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from pruners.checkpoint import load_model
+from pruners.cli import main
+from pruners.eval import perplexity, read_openbookqa, read_piqa, zero_shot
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+STORIES = SHARED / "models" / "stories260K"
+DATA = SHARED / "data"
+pytestmark = pytest.mark.skipif(not STORIES.is_dir(), reason="../shared is not present")
+
+
+@pytest.fixture(scope="module")
+def lm():
+    from transformers import AutoTokenizer
+
+    return load_model(STORIES), AutoTokenizer.from_pretrained(STORIES)
+
+
+def test_readers():
+    piqa = read_piqa(DATA / "piqa" / "dev.jsonl")
+    assert len(piqa) == 1838 and {c.label for c in piqa} == {0, 1} and all(len(c.continuations) == 2 for c in piqa)
+    obqa = read_openbookqa(DATA / "openbookqa" / "test.tsv")
+    assert len(obqa) == 500 and all(len(c.continuations) == 4 for c in obqa)
+    assert obqa[0].continuations[obqa[0].label].strip() and obqa[0].context.startswith("A person wants to start saving")
+
+
+def test_perplexity_equals_direct_computation(lm, tmp_path):
+    model, tok = lm
+    text = "Once upon a time, there was a little dog. The dog liked to run in the park with his friend."
+    f = tmp_path / "t.txt"
+    f.write_text(text)
+    ids = torch.tensor([[tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        logits = model(ids[:, :-1]).logits
+    direct = math.exp(torch.nn.functional.cross_entropy(logits[0], ids[0, 1:]).item())
+    assert perplexity(model, tok, f, progress=False) == pytest.approx(direct, rel=1e-5)
+    # windows of 8 tokens score the same tokens with less context: higher perplexity
+    assert perplexity(model, tok, f, seq_len=8, progress=False) > direct
+
+
+def test_zero_shot_picks_the_most_likely_continuation(lm):
+    model, tok = lm
+    items = read_piqa(DATA / "piqa" / "dev.jsonl")[:12]
+
+    def ll(context, cont):  # straightforward reference: score the continuation tokens
+        ctx = [tok.bos_token_id] + tok(context, add_special_tokens=False)["input_ids"]
+        full = [tok.bos_token_id] + tok(context + cont, add_special_tokens=False)["input_ids"]
+        assert full[: len(ctx)] == ctx
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([full])).logits[0, :-1], -1)
+        return sum(logp[i - 1, full[i]].item() for i in range(len(ctx), len(full)))
+
+    expect = sum(int(max(range(2), key=lambda k: ll(it.context, it.continuations[k])) == it.label) for it in items)
+    got = zero_shot(model, tok, items, progress=False)
+    assert got["n"] == 12 and got["acc"] == pytest.approx(expect / 12)
+    assert 0.0 <= got["acc_norm"] <= 1.0
+
+
+def test_eval_cli_compares_models(capsys):
+    code = main(["eval", "--model", str(STORIES), "--ppl", str(DATA / "ptb" / "ptb.test.txt"), "--max-tokens", "2000",
+                 "--piqa", str(DATA / "piqa" / "dev.jsonl"), "--limit", "4", "--json", "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    r = json.loads(out)["models"][str(STORIES)]
+    assert r["params"] == 260032 and math.isfinite(r["ppl:ptb.test.txt@128"]) and 0 <= r["piqa:acc"] <= 1
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--ppl", "/nonexistent.txt"], "is not a file"),
+        ([], "nothing to evaluate"),
+        (["--lm-eval-tasks", "piqa"], "pip install lm-eval"),
+    ],
+)
+def test_eval_cli_errors(argv, message, capsys):
+    code = main(["eval", "--model", str(STORIES), "--quiet", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1

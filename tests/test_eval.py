@@ -87,3 +87,12 @@ def test_eval_cli_errors(argv, message, capsys):
     code = main(["eval", "--model", str(STORIES), "--quiet", *argv])
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_generation_speed_reports_rate_and_memory(lm):
+    from pruners.eval import generation_speed
+
+    model, _ = lm
+    r = generation_speed(model, prompt_len=4, gen_len=6, repeats=1)
+    assert r["tokens_per_s"] > 0 and r["gen_len"] == 6
+    assert r["param_bytes"] == 4 * 260032 and r["peak_bytes"] >= r["param_bytes"]

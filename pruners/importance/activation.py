@@ -33,7 +33,7 @@ def _along_input(ctx: ScoringContext, name: str, axis: int, stat: torch.Tensor |
         return None
     shape = [1] * w.ndim
     shape[axis] = -1
-    return stat.to(torch.float64).reshape(shape)
+    return stat.to(w.dtype).reshape(shape)
 
 
 @register_estimator("wanda-sp", config=ActivationConfig)
@@ -48,7 +48,7 @@ class WandaSP:
     def score(self, group: Group, ctx: ScoringContext) -> torch.Tensor:
         def values(name, axis, w):
             norm = _along_input(ctx, name, axis, ctx.signals.act_norm(name), w)
-            return None if norm is None else w.abs() * norm
+            return None if norm is None else w.abs().mul_(norm)
 
         return unit_sums(group, ctx, values)
 
@@ -65,6 +65,6 @@ class Flap:
     def score(self, group: Group, ctx: ScoringContext) -> torch.Tensor:
         def values(name, axis, w):
             var = _along_input(ctx, name, axis, ctx.signals.act_var(name), w)
-            return None if var is None else w * w * var
+            return None if var is None else (w * w).mul_(var)
 
         return unit_sums(group, ctx, values)

@@ -148,8 +148,14 @@ def unit_sums(
 ) -> torch.Tensor:
     """Sum ``values(name, axis, W)`` over each unit's slice of each member, then apply ``post``.
 
-    ``values`` returns a tensor shaped like ``W`` (fp64), or ``None`` when the member has no
-    score (e.g. no calibration statistics for it): that row is zero.
+    ``W`` is passed in at least fp32 (fp32 and fp64 weights as they are, without a copy;
+    half-precision ones upcast to fp32).  ``values`` returns a tensor shaped like ``W`` in
+    that precision, or ``None`` when the member has no score (e.g. no calibration statistics
+    for it): that row is zero.  The sums are taken in fp64.
+
+    Memory: a member costs ``values``' own temporaries (about one weight-sized tensor when
+    it works in place) plus fp64 partial sums over slices of at most ``_SUM_CHUNK`` elements,
+    never an fp64 copy of the whole weight.
     """
     rows = []
     for m in group.members:
@@ -157,10 +163,11 @@ def unit_sums(
         row = torch.zeros(group.n_units, dtype=torch.float64)
         vals = None
         if w is not None and w.device.type != "meta":
-            vals = values(m.param, m.axis, w.detach().to(torch.float64))
+            w = w.detach()
+            vals = values(m.param, m.axis, w if w.dtype in (torch.float32, torch.float64) else w.float())
         if vals is not None:
-            dims = [d for d in range(vals.ndim) if d != m.axis]
-            per_pos = vals.sum(dim=dims) if dims else vals  # (axis size,)
+            per_pos = _sum_except(vals, m.axis)  # (axis size,) fp64
+            del vals
             unit_of = torch.as_tensor(m.unit_of)
             sel = unit_of >= 0
             row.index_add_(0, unit_of[sel], per_pos[sel.nonzero().squeeze(1)])
@@ -168,6 +175,20 @@ def unit_sums(
                 row = post(row)
         rows.append(row)
     return torch.stack(rows)
+
+
+_SUM_CHUNK = 1 << 22  # elements per fp64 partial sum in :func:`_sum_except` (32 MB in fp64)
+
+
+def _sum_except(vals: torch.Tensor, axis: int) -> torch.Tensor:
+    """fp64 sum of ``vals`` over every dim but ``axis``, in slices along ``axis`` so that the
+    fp64 upcast of a slice, not of the whole tensor, is the largest temporary."""
+    dims = [d for d in range(vals.ndim) if d != axis]
+    if not dims or vals.numel() == 0:
+        return vals.sum(dim=dims, dtype=torch.float64) if dims else vals.to(torch.float64)
+    per_index = max(1, vals.numel() // max(1, vals.shape[axis]))
+    step = max(1, _SUM_CHUNK // per_index)
+    return torch.cat([c.sum(dim=dims, dtype=torch.float64) for c in vals.split(step, dim=axis)])
 
 
 @register_aggregation("sum")

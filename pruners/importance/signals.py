@@ -3,7 +3,10 @@
 Gradients are accumulated **sample by sample**: only one sample's activations are alive at a
 time, and the first-order estimators need nothing beyond the parameters' own ``.grad``
 (weights + gradients + one batch of activations).  The diagonal Fisher needs each sample's
-own gradient, so it keeps one extra buffer per parameter -- never one per sample.
+own gradient, so it keeps one extra buffer per parameter -- never one per sample: each
+parameter's gradient is folded into the Fisher (and, if asked for, the mean gradient) by a
+post-accumulate-grad hook as soon as backward has produced it, and dropped, so a full set of
+per-sample gradients never exists (weights + Fisher + one batch of activations).
 """
 
 from __future__ import annotations
@@ -87,6 +90,9 @@ def collect_signals(model: nn.Module, samples: Sequence[torch.Tensor], needs: It
             sig.input_axis[name] = INPUT_AXIS[key]
             hooks.append(mod.register_forward_pre_hook(_stats_hook(sig, name)))
     wants_grad = bool(needs & {"grad", "fisher"})
+    if "fisher" in needs:
+        for n, p in params.items():
+            hooks.append(p.register_post_accumulate_grad_hook(_fisher_hook(sig, n, len(samples), "grad" in needs)))
     was_training = model.training
     model.eval()
     saved = {n: p.requires_grad for n, p in params.items()}
@@ -101,15 +107,7 @@ def collect_signals(model: nn.Module, samples: Sequence[torch.Tensor], needs: It
                     model(ids)
                 continue
             loss = _causal_lm_loss(model, ids) / len(samples)  # mean over samples
-            loss.backward()
-            if "fisher" in needs:  # per-sample gradient = this .grad; fold it in, then clear
-                for n, p in params.items():
-                    if p.grad is None:
-                        continue
-                    g = p.grad.detach().float() * len(samples)  # undo the 1/N of this sample
-                    sig.fisher.setdefault(n, torch.zeros_like(g)).add_(g * g / len(samples))
-                    sig.grad.setdefault(n, torch.zeros_like(g)).add_(g / len(samples))
-                    p.grad = None
+            loss.backward()  # with "fisher", the hooks have folded in and cleared every .grad
         if wants_grad and "fisher" not in needs:
             sig.grad = {n: p.grad.detach().float() for n, p in params.items() if p.grad is not None}
     finally:
@@ -122,6 +120,27 @@ def collect_signals(model: nn.Module, samples: Sequence[torch.Tensor], needs: It
     if "grad" not in needs:
         sig.grad = {}
     return sig
+
+
+def _fisher_hook(sig: Signals, name: str, n_samples: int, keep_grad: bool):
+    """Post-accumulate-grad hook: fold this sample's gradient of ``name`` into the Fisher
+    (and the mean gradient when ``keep_grad``), then clear ``.grad``."""
+
+    def hook(p: torch.Tensor):
+        g = p.grad.detach().float()  # this sample's gradient / n_samples (the loss is a mean over samples)
+        # per-sample gradient s = n_samples * g: Fisher = mean of s^2 = sum of n_samples * g^2; mean gradient = sum of g
+        if name in sig.fisher:
+            sig.fisher[name].addcmul_(g, g, value=n_samples)
+        else:
+            sig.fisher[name] = torch.mul(g, g).mul_(n_samples)
+        if keep_grad:
+            if name in sig.grad:
+                sig.grad[name].add_(g)
+            else:
+                sig.grad[name] = g.clone()
+        p.grad = None
+
+    return hook
 
 
 def _stats_hook(sig: Signals, name: str):

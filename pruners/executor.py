@@ -16,7 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from depgraph.graph import term_key
 from depgraph.groups import Group
+from depgraph.layout import factors as _factors
+
+from .attributes import apply_shape_adapters, infer_attributes
+from .hf_config import hf_config_update
 
 
 class PlanError(ValueError):
@@ -141,22 +146,14 @@ def execute(model: nn.Module, trace, groups: Sequence[Group], keep: Mapping[str,
     ``trace`` and ``groups`` come from tracing a model with the same structure (a meta copy is
     fine).  The input model is not modified.
     """
-    from depgraph.layout import factors as _factors
-
-    from .attributes import apply_shape_adapters, infer_attributes
-
     kept = validate_keep(groups, keep)
     positions = kept_positions(groups, kept)
     pruned = copy_model(model)
     shapes = slice_tensors(pruned, positions, trace.aliases)
     apply_shape_adapters(pruned, [alias for n in shapes for alias in trace.aliases.get(n, [n])])
-    from depgraph.graph import term_key
-
     factor_by_key = {term_key(f): f for info in trace.params.values() for t in info.axes for f in _factors(t)}
     new_size = new_factor_sizes(groups, kept, factor_by_key)
     attrs = infer_attributes(pruned, trace, new_size)
-    from .hf_config import hf_config_update
-
     record = PruneRecord(
         shapes=shapes,
         attributes=attrs,

@@ -47,18 +47,12 @@ class PruneConfig(BaseModel):
         default_factory=CalibrationConfig, description="calibration data for gradient/activation estimators"
     )
 
-    @field_validator("importance")
+    @field_validator("importance", "aggregation")
     @classmethod
-    def _known_importance(cls, v: str) -> str:
-        if v not in ESTIMATORS:
-            raise ValueError(f"unknown importance {v!r}; registered: {', '.join(sorted(ESTIMATORS))}")
-        return v
-
-    @field_validator("aggregation")
-    @classmethod
-    def _known_aggregation(cls, v: str) -> str:
-        if v not in AGGREGATIONS:
-            raise ValueError(f"unknown aggregation {v!r}; registered: {', '.join(sorted(AGGREGATIONS))}")
+    def _registered(cls, v: str, info) -> str:
+        registry = ESTIMATORS if info.field_name == "importance" else AGGREGATIONS
+        if v not in registry:
+            raise ValueError(f"unknown {info.field_name} {v!r}; registered: {', '.join(sorted(registry))}")
         return v
 
     def planner(self) -> PlannerConfig:

@@ -46,11 +46,21 @@ def build_parser() -> Parser:
 
     pr = sub.add_parser(
         "prune", help="prune a model, save it and print a before/after report",
-        description="Options may come from --config (YAML/JSON, see pruners.run_config); flags given here override it.",
+        description="Options may come from --config (YAML/JSON, see pruners.run_config); flags given here override it. "
+        "The target is --ratio (a fraction of parameters) or --kind-ratio (a fraction of units per kind), not both.",
     )
     pr.add_argument("--config", help="YAML or JSON run file; command-line flags override its values")
     pr.add_argument("--model", help="model directory (or hub id) with config.json and weights")
-    pr.add_argument("--ratio", type=float, help="fraction of parameters to remove, in (0, 1)")
+    pr.add_argument(
+        "--ratio", type=float,
+        help="fraction of parameters to remove, in (0, 1); or give --kind-ratio (replaces a --config file's kind_ratios)",
+    )
+    pr.add_argument(
+        "--kind-ratio", action=_KindRatios, type=_kind_ratio, metavar="KIND=FRACTION",
+        help="instead of --ratio: the fraction of units removed from every pruned group of KIND, repeatable, e.g. "
+        "--kind-ratio attention=0.25 --kind-ratio mlp_channel=0.5 (LLM-Pruner's per-layer ratio); the KINDs given "
+        "are the kinds pruned. Replaces a --config file's ratio and kind_ratios (and its kinds, unless --kinds is given)",
+    )
     pr.add_argument("--importance", help=f"importance estimator: {', '.join(sorted(ESTIMATORS))} (default l2)")
     pr.add_argument("--aggregation", help=f"group aggregation: {', '.join(sorted(AGGREGATIONS))} (default sum)")
     pr.add_argument(
@@ -88,10 +98,53 @@ def _layer_bound(text: str) -> int | float:
             raise argparse.ArgumentTypeError(f"{text!r} is neither a layer index nor a fraction") from None
 
 
+def _kind_fraction(kind, value, text: str | None = None) -> float:
+    """``value`` as a fraction in (0, 1) of the known ``kind``; else a ValueError naming ``text`` and the valid kinds.
+
+    >>> _kind_fraction("mlp_channel", "0.5")
+    0.5
+    """
+    from .planner import KIND_NAMES
+
+    try:
+        fraction = float(value)
+    except (TypeError, ValueError):
+        fraction = float("nan")
+    if kind not in KIND_NAMES or not 0.0 < fraction < 1.0:
+        text = f"{kind}={value}" if text is None else text
+        raise ValueError(f"{text!r} is not KIND=FRACTION with FRACTION in (0, 1) and KIND one of {', '.join(KIND_NAMES)}")
+    return fraction
+
+
+def _kind_ratio(text: str) -> tuple[str, float]:
+    """One ``--kind-ratio KIND=FRACTION``.
+
+    >>> _kind_ratio("attention=0.25")
+    ('attention', 0.25)
+    """
+    kind, _, value = text.partition("=")
+    try:
+        return kind, _kind_fraction(kind, value, text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+class _KindRatios(argparse.Action):
+    """Repeated ``--kind-ratio`` options collected into one ``{kind: fraction}`` mapping."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        kind, fraction = values
+        ratios = dict(getattr(namespace, self.dest) or {})
+        if kind in ratios:
+            parser.error(f"argument {option_string}: {kind} is given twice")
+        ratios[kind] = fraction
+        setattr(namespace, self.dest, ratios)
+
+
 # command-line flag -> path in the run config
 FLAG_KEYS = {
-    "model": ("model",), "ratio": ("ratio",), "importance": ("importance",), "aggregation": ("aggregation",),
-    "kinds": ("kinds",), "strategy": ("strategy",), "layers": ("layers",), "min_units": ("min_units",),
+    "model": ("model",), "ratio": ("ratio",), "kind_ratio": ("kind_ratios",), "importance": ("importance",),
+    "aggregation": ("aggregation",), "kinds": ("kinds",), "strategy": ("strategy",), "layers": ("layers",), "min_units": ("min_units",),
     "round_to": ("round_to",), "calibration": ("calibration", "source"), "calibration_samples": ("calibration", "samples"),
     "calibration_seq_len": ("calibration", "seq_len"), "out": ("out",), "force": ("force",), "eval_text": ("eval_text",),
     "tokenizer": ("tokenizer",), "seed": ("seed",),
@@ -110,6 +163,7 @@ def run_config(args):
             data = read_run_file(args.config)
         except (FileNotFoundError, ValueError) as e:
             raise UsageError(f"depprune prune: --config: {e}") from e
+    _target_from_command_line(args, data)
     for flag, path in FLAG_KEYS.items():
         value = getattr(args, flag)
         if value is None:
@@ -118,16 +172,34 @@ def run_config(args):
         for key in path[:-1]:
             node = node.setdefault(key, {})
         node[path[-1]] = value
-    for required in ("model", "ratio", "out"):
+    for required in ("model", "out"):
         if data.get(required) is None:
             raise UsageError(f"depprune prune: --{required} is required (on the command line or in --config)")
+    if data.get("ratio") is None and data.get("kind_ratios") is None:
+        raise UsageError("depprune prune: one of --ratio / --kind-ratio is required (on the command line or in --config)")
     _validate_prune(data)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
+        if not err["loc"]:  # a cross-field check, e.g. both ratio and kind_ratios in --config
+            raise UsageError(f"depprune prune: {err['msg'].removeprefix('Value error, ')}") from e
         flag = "--" + "-".join(str(x) for x in err["loc"] if isinstance(x, str)).replace("_", "-")
         raise UsageError(f"depprune prune: {flag} {err.get('input')!r}: {err['msg']}") from e
+
+
+def _target_from_command_line(args, data: dict) -> None:
+    """A target on the command line replaces the ``--config`` file's (``--kind-ratio`` its kinds too)."""
+    if args.ratio is not None and args.kind_ratio:
+        raise UsageError(
+            "depprune prune: give one target, --ratio (a fraction of parameters) or --kind-ratio (of units per kind), not both"
+        )
+    if args.kind_ratio:
+        data.pop("ratio", None)
+        if args.kinds is None:
+            data.pop("kinds", None)
+    if args.ratio is not None:
+        data.pop("kind_ratios", None)
 
 
 def _inspect(args) -> dict:
@@ -154,9 +226,17 @@ def _validate_prune(data: dict) -> None:
     """Checks with messages naming the flag; ``data`` is the merged run mapping (hub ids resolved here)."""
     from .checkpoint import check_model_dir, has_weights
 
-    ratio = data["ratio"]
-    if not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0:
+    ratio = data.get("ratio")
+    if ratio is not None and (not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0):
         raise UsageError(f"depprune prune: --ratio {ratio} is outside (0, 1): it is the fraction of parameters to remove")
+    kind_ratios = data.get("kind_ratios")
+    if kind_ratios is not None and (not isinstance(kind_ratios, dict) or not kind_ratios):
+        raise UsageError(f"depprune prune: kind_ratios {kind_ratios!r} must map kinds to fractions, e.g. {{mlp_channel: 0.5}}")
+    try:
+        for kind, value in (kind_ratios or {}).items():
+            _kind_fraction(kind, value)
+    except ValueError as e:
+        raise UsageError(f"depprune prune: --kind-ratio {e}") from e
     importance = data.get("importance", "l2")
     if importance not in ESTIMATORS:
         raise UsageError(f"depprune prune: unknown --importance {importance!r}; valid: {', '.join(sorted(ESTIMATORS))}")
@@ -220,6 +300,7 @@ def _prune(args) -> dict:
         "strategy": cfg.strategy,
         "layers": list(cfg.layers) if cfg.layers else None,
         "ratio_target": cfg.ratio,
+        "kind_ratios": cfg.kind_ratios,
         "calibration": str(cfg.calibration.source) if cfg.calibration.source else None,
         "params_before": result.params_before,
         "params_after": result.params_after,
@@ -310,7 +391,11 @@ def _print_prune(r: dict) -> None:
     print(f"{'parameters':<14}{r['params_before']:>14,}{r['params_after']:>14,}")
     if "ppl_before" in r:
         print(f"{'perplexity':<14}{r['ppl_before']:>14.3f}{r['ppl_after']:>14.3f}   ({Path(r['eval_text']).name})")
-    print(f"removed {r['ratio_achieved']:.2%} of parameters (target {r['ratio_target']:.2%}); group ratio {r['group_ratio']:.3f}")
+    if r.get("ratio_target") is not None:
+        target = f"target {r['ratio_target']:.2%}"
+    else:
+        target = "kind ratios " + ", ".join(f"{k}={v:g}" for k, v in r["kind_ratios"].items())
+    print(f"removed {r['ratio_achieved']:.2%} of parameters ({target}); group ratio {r['group_ratio']:.3f}")
     for kind, s in r["removed"].items():
         print(f"  {kind:<16} {s['removed_units']:>6} of {s['units']:>6} units  ({s['removed_params']:,} params)")
 

@@ -3,6 +3,8 @@
 >>> from pruners.pipeline import PruneConfig
 >>> PruneConfig(ratio=0.2, importance="l2").kinds
 ['attention', 'mlp_channel']
+>>> PruneConfig(kind_ratios={"attention": 0.25, "mlp_channel": 0.5}).planner().kind_ratios
+{'attention': 0.25, 'mlp_channel': 0.5}
 """
 
 from __future__ import annotations
@@ -12,30 +14,24 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from torch import nn
 from tqdm.auto import tqdm
 
 from depgraph import meta_copy, trace
 from depgraph.groups import Group, find_groups
 
-from .executor import PruneRecord, execute
 from .calibration import CalibrationConfig, calibration_samples
+from .executor import PruneRecord, execute
 from .importance import AGGREGATIONS, ESTIMATORS, ScoringContext, collect_signals, make_estimator, needs_of, unit_scores
-from .planner import KindName, LayerBound, Plan, PlannerConfig, make_plan, select_groups
+from .planner import LayerBound, Plan, PlannerConfig, PruneTarget, make_plan, select_groups
 
 
-class PruneConfig(BaseModel):
-    """One structured-pruning run."""
+class PruneConfig(PruneTarget):
+    """One structured-pruning run: a target (``ratio`` or ``kind_ratios``, see :class:`PruneTarget`) and the rest."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    ratio: float = Field(..., gt=0.0, lt=1.0, description="fraction of the model's parameters to remove, in (0, 1)")
     importance: str = Field("l2", description="registered importance estimator (see `depprune prune --help`)")
     aggregation: str = Field("sum", description="how member scores combine into one score per unit")
-    kinds: list[KindName] = Field(
-        default_factory=lambda: ["attention", "mlp_channel"], description="group kinds to prune"
-    )
     strategy: Literal["uniform", "global"] = Field("uniform", description="uniform per-group ratio, or global ranking")
     layers: tuple[LayerBound, LayerBound] | None = Field(
         None, description="[start, end) layers to prune: indices (negative from the end) or fractions"
@@ -57,7 +53,7 @@ class PruneConfig(BaseModel):
 
     def planner(self) -> PlannerConfig:
         return PlannerConfig(
-            ratio=self.ratio, kinds=self.kinds, strategy=self.strategy, layers=self.layers,
+            ratio=self.ratio, kind_ratios=self.kind_ratios, kinds=self.kinds, strategy=self.strategy, layers=self.layers,
             min_units=self.min_units, round_to=self.round_to,
         )
 
@@ -110,7 +106,10 @@ def score_groups(
 
 
 def check_feasible(groups: list[Group], config: PruneConfig, total_params: int) -> Plan:
-    """Plan with dummy scores: raises :class:`~pruners.executor.PlanError` before any weight is read."""
+    """Plan with dummy scores: raises :class:`~pruners.executor.PlanError` before any weight is read.
+
+    Works for either target (``ratio`` or ``kind_ratios``) and either strategy.
+    """
     planner = config.planner()
     dummy = {g.id: np.zeros(g.n_units) for g in select_groups(groups, planner.kinds, planner.layers)}
     return make_plan(groups, dummy, planner, total_params)

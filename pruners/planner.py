@@ -1,43 +1,103 @@
-"""The planner: turn a parameter-reduction target and unit scores into kept units per group.
+"""The planner: turn a pruning target and unit scores into kept units per group.
 
-The target is a fraction of the model's **parameters** to remove.  By default it is spread
-uniformly: every planned group loses the same fraction of its units (rounded per group),
-with the fraction solved so the parameters removed match the target as closely as rounding
-allows.  The lowest-scoring units go; ties are broken by unit index, so plans are
-deterministic.
+The target is either a fraction of the model's **parameters** to remove (``ratio``) or an
+explicit fraction of **units** per kind (``kind_ratios``, LLM-Pruner's per-layer ratio).  Under
+``ratio`` the default uniform strategy gives every planned group the same fraction of its units
+(rounded per group), solved so the parameters removed match the target as closely as rounding
+allows; under ``kind_ratios`` every planned group of a kind loses that kind's fraction.  The
+lowest-scoring units go; ties are broken by unit index, so plans are deterministic.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Mapping, Sequence
+from typing import Annotated, Literal, get_args
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from depgraph.groups import Group
 
 from .executor import PlanError
 
 KindName = Literal["attention", "attention_head", "kv_group", "query_head", "mlp_channel", "hidden_channel"]
+KIND_NAMES: tuple[str, ...] = get_args(KindName)
 
 
 LayerBound = int | float
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 
 
-class PlannerConfig(BaseModel):
-    """How much to prune and where."""
+def check_kinds(kinds: Sequence[str]) -> list[str]:
+    """``kinds`` without repeats; refuses none, and KV groups together with query heads.
+
+    >>> check_kinds(["mlp_channel", "attention", "mlp_channel"])
+    ['mlp_channel', 'attention']
+    """
+    if not kinds:
+        raise ValueError("at least one kind is required")
+    if "query_head" in kinds and ("kv_group" in kinds or "attention" in kinds):
+        raise ValueError("prune either whole KV groups ('attention'/'kv_group') or query heads within them, not both")
+    return list(dict.fromkeys(kinds))
+
+
+class PruneTarget(BaseModel):
+    """How much to prune: a fraction of parameters (``ratio``) or of units per kind (``kind_ratios``).
+
+    Exactly one of the two is given.  With ``kind_ratios`` the planned kinds are its keys:
+
+    >>> PruneTarget(kind_ratios={"attention": 0.25, "mlp_channel": 0.5}).kinds
+    ['attention', 'mlp_channel']
+    >>> PruneTarget(ratio=0.2).kinds
+    ['attention', 'mlp_channel']
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    ratio: float = Field(..., gt=0.0, lt=1.0, description="fraction of the model's parameters to remove, in (0, 1)")
+    ratio: float | None = Field(
+        None, gt=0.0, lt=1.0, description="fraction of the model's parameters to remove, in (0, 1); or give kind_ratios"
+    )
+    kind_ratios: dict[KindName, Fraction] | None = Field(
+        None,
+        description="instead of ratio: the fraction of units, in (0, 1), removed from every planned group of each "
+        "kind, e.g. {attention: 0.25, mlp_channel: 0.5} (LLM-Pruner's per-layer ratio); its keys are the planned kinds",
+    )
     kinds: list[KindName] = Field(
         default_factory=lambda: ["attention", "mlp_channel"],
         description="group kinds to prune; 'attention' means whole KV groups under GQA and heads otherwise",
     )
+
+    @field_validator("kinds")
+    @classmethod
+    def _valid_kinds(cls, v: list[str]) -> list[str]:
+        return check_kinds(v)
+
+    @model_validator(mode="after")
+    def _one_target(self):
+        if (self.ratio is None) == (self.kind_ratios is None):
+            raise ValueError(
+                "give exactly one target: ratio (a fraction of parameters) or kind_ratios (a fraction of units per kind)"
+            )
+        if self.kind_ratios is not None:
+            if not self.kind_ratios:
+                raise ValueError("kind_ratios needs at least one kind: fraction")
+            keys = check_kinds(list(self.kind_ratios))
+            if "kinds" in self.model_fields_set and set(self.kinds) != set(keys):
+                raise ValueError(
+                    f"kinds {self.kinds} differ from the kind_ratios kinds {keys}; "
+                    "with kind_ratios its keys are the planned kinds, so leave kinds out"
+                )
+            self.kinds = keys
+        return self
+
+
+class PlannerConfig(PruneTarget):
+    """How much to prune and where."""
+
     strategy: Literal["uniform", "global"] = Field(
         "uniform",
-        description="uniform: every planned group loses the same fraction of units; "
+        description="uniform: every planned group (of a kind) loses the same fraction of units; "
         "global: the lowest scores across layers go first (scores normalised by each group's mean)",
     )
     layers: tuple[LayerBound, LayerBound] | None = Field(
@@ -47,15 +107,6 @@ class PlannerConfig(BaseModel):
     )
     min_units: int = Field(1, ge=1, description="units every pruned group keeps at least")
     round_to: int = Field(1, ge=1, description="round each group's kept units to a multiple of this (hardware-friendly)")
-
-    @field_validator("kinds")
-    @classmethod
-    def _non_empty(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("at least one kind is required")
-        if "query_head" in v and ("kv_group" in v or "attention" in v):
-            raise ValueError("prune either whole KV groups ('attention'/'kv_group') or query heads within them, not both")
-        return list(dict.fromkeys(v))
 
     @field_validator("layers")
     @classmethod
@@ -80,7 +131,7 @@ def resolve_layers(bounds: tuple[LayerBound, LayerBound] | None, n_layers: int) 
 
     def idx(b: LayerBound) -> int:
         if isinstance(b, float):
-            return int(round(b * n_layers))
+            return round(b * n_layers)
         return b + n_layers if b < 0 else b
 
     start, end = (max(0, min(n_layers, idx(b))) for b in bounds)
@@ -91,15 +142,21 @@ def resolve_layers(bounds: tuple[LayerBound, LayerBound] | None, n_layers: int) 
 
 @dataclass
 class Plan:
+    """Kept units per pruned group; ``group_ratio`` is the fraction of the planned groups' units removed
+    (under ``ratio`` with the uniform strategy: the one fraction every group loses)."""
+
     keep: dict[str, list[int]]
     group_ratio: float
     params_removed: int
     by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def select_groups(groups: Sequence[Group], kinds: Sequence[str], layers: tuple | None = None) -> list[Group]:
-    """The groups a plan touches; ``attention`` resolves per layer to KV groups, else heads.
+def planned_groups(
+    groups: Sequence[Group], kinds: Sequence[str], layers: tuple | None = None
+) -> list[tuple[Group, str]]:
+    """The groups a plan touches, each with the entry of ``kinds`` it is planned under.
 
+    ``attention`` resolves per layer to KV groups, else heads; a kind named exactly wins over it.
     ``layers`` limits per-layer groups to a range; model-wide groups (hidden channels) stay.
     """
     layers_with_kv = {g.layer for g in groups if g.kind == "kv_group"}
@@ -110,25 +167,35 @@ def select_groups(groups: Sequence[Group], kinds: Sequence[str], layers: tuple |
         if allowed is not None and g.layer is not None and g.layer not in allowed:
             continue
         if g.kind in kinds:
-            out.append(g)
+            out.append((g, g.kind))
         elif "attention" in kinds and (
             g.kind == "kv_group" or (g.kind == "attention_head" and g.layer not in layers_with_kv)
         ):
-            out.append(g)
+            out.append((g, "attention"))
     return out
 
 
-def _round_kept(kept: int, n: int, round_to: int) -> int:
-    """Kept units rounded to a multiple of ``round_to`` (when the group is that big)."""
+def select_groups(groups: Sequence[Group], kinds: Sequence[str], layers: tuple | None = None) -> list[Group]:
+    """The groups a plan touches (see :func:`planned_groups`)."""
+    return [g for g, _ in planned_groups(groups, kinds, layers)]
+
+
+def _round_kept(kept: int, n: int, round_to: int, at_least: int = 1) -> int:
+    """Kept units rounded to a multiple of ``round_to`` (when the group is that big), never below ``at_least``.
+
+    >>> _round_kept(13, 64, 8), _round_kept(5, 64, 4), _round_kept(5, 64, 4, at_least=5)
+    (16, 4, 8)
+    """
     if round_to <= 1 or n < round_to:
         return kept
-    return min(n, max(round_to, int(round(kept / round_to)) * round_to))
+    rounded = min(n, max(round_to, round(kept / round_to) * round_to))
+    return rounded if rounded >= at_least else min(n, -(-at_least // round_to) * round_to)
 
 
 def _removed_units(g: Group, rho: float, round_to: int = 1) -> int:
     if g.kind == "query_head" and g.units_per_block:
-        return int(round(rho * g.units_per_block)) * (g.n_units // g.units_per_block)
-    return g.n_units - _round_kept(g.n_units - int(round(rho * g.n_units)), g.n_units, round_to)
+        return round(rho * g.units_per_block) * (g.n_units // g.units_per_block)
+    return g.n_units - _round_kept(g.n_units - round(rho * g.n_units), g.n_units, round_to)
 
 
 def _removed_params(groups: Sequence[Group], rho: float, round_to: int = 1) -> int:
@@ -137,7 +204,7 @@ def _removed_params(groups: Sequence[Group], rho: float, round_to: int = 1) -> i
 
 def _too_much(g: Group, rho: float, min_units: int, round_to: int = 1) -> bool:
     if g.kind == "query_head" and g.units_per_block:
-        return g.units_per_block - int(round(rho * g.units_per_block)) < min_units
+        return g.units_per_block - round(rho * g.units_per_block) < min_units
     return g.n_units - _removed_units(g, rho, round_to) < min_units
 
 
@@ -153,12 +220,31 @@ def solve_ratio(groups: Sequence[Group], target: int, round_to: int = 1) -> floa
     return min((lo, hi), key=lambda r: (abs(_removed_params(groups, r, round_to) - target), r))
 
 
-def _chosen(groups: Sequence[Group], config: PlannerConfig, total_params: int) -> tuple[list[Group], int]:
-    chosen = select_groups(groups, config.kinds, config.layers)
-    if not chosen:
+def _asked(config: PlannerConfig, kind: str | None = None) -> tuple[str, str]:
+    """The target as given (the whole ``ratio``, or one kind's ratio) and the flag that lowers it."""
+    if kind is None:
+        return f"ratio {config.ratio}", "--ratio"
+    return f"kind ratio {kind}={config.kind_ratios[kind]}", f"--kind-ratio {kind}"
+
+
+def _planned(groups: Sequence[Group], config: PlannerConfig) -> list[tuple[Group, str]]:
+    """:func:`planned_groups` of ``config``; refuses kinds the model lacks (any, with ``kind_ratios``)."""
+    pairs = planned_groups(groups, config.kinds, config.layers)
+    found = {kind for _, kind in pairs}
+    if config.kind_ratios:
+        missing = [k for k in config.kinds if k not in found]
+    else:
+        missing = [] if pairs else list(config.kinds)
+    if missing:
         kinds = sorted({g.kind for g in groups})
-        raise PlanError(f"the model has no groups of kinds {config.kinds} in the chosen layers; it has {kinds}")
-    target = int(round(config.ratio * total_params))
+        raise PlanError(f"the model has no groups of kinds {missing} in the chosen layers; it has {kinds}")
+    return pairs
+
+
+def _chosen(groups: Sequence[Group], config: PlannerConfig, total_params: int) -> tuple[list[Group], int]:
+    """The planned groups and the parameters ``config.ratio`` asks to remove from them."""
+    chosen = [g for g, _ in _planned(groups, config)]
+    target = round(config.ratio * total_params)
     capacity = sum(g.unit_params * g.n_units for g in chosen)
     if target >= capacity:
         raise PlanError(
@@ -181,7 +267,8 @@ def _lowest(g: Group, s: np.ndarray, n_remove: int) -> list[int]:
     return sorted(np.argsort(s, kind="stable")[n_remove:].tolist())
 
 
-def _finish(chosen: Sequence[Group], keep: dict[str, list[int]], group_ratio: float) -> Plan:
+def _finish(chosen: Sequence[Group], keep: dict[str, list[int]], group_ratio: float | None = None) -> Plan:
+    """The plan with its totals; ``group_ratio`` defaults to the fraction of ``chosen``'s units removed."""
     by_kind: dict[str, dict[str, int]] = {}
     removed_total = 0
     for g in chosen:
@@ -193,81 +280,137 @@ def _finish(chosen: Sequence[Group], keep: dict[str, list[int]], group_ratio: fl
         stats["units"] += g.n_units
         stats["removed_units"] += g.n_units - len(keep[g.id])
         stats["removed_params"] += removed
+    if group_ratio is None:
+        units = sum(g.n_units for g in chosen)
+        group_ratio = sum(g.n_units - len(keep.get(g.id, range(g.n_units))) for g in chosen) / units
     return Plan(keep=keep, group_ratio=group_ratio, params_removed=removed_total, by_kind=by_kind)
+
+
+def _uniform_ratios(
+    groups: Sequence[Group], config: PlannerConfig, total_params: int
+) -> list[tuple[Group, float, str | None]]:
+    """Each planned group, the fraction of its units to remove, and its ``kind_ratios`` key (None under ``ratio``)."""
+    if config.kind_ratios is None:
+        chosen, target = _chosen(groups, config, total_params)
+        rho = solve_ratio(chosen, target, config.round_to)
+        return [(g, rho, None) for g in chosen]
+    return [(g, config.kind_ratios[kind], kind) for g, kind in _planned(groups, config)]
 
 
 def plan_uniform(
     groups: Sequence[Group], scores: Mapping[str, np.ndarray], config: PlannerConfig, total_params: int
 ) -> Plan:
-    """Every planned group loses the same fraction of its units; the fraction hits ``config.ratio``."""
-    chosen, target = _chosen(groups, config, total_params)
-    rho = solve_ratio(chosen, target, config.round_to)
-    for g in chosen:
+    """Every planned group loses the same fraction of its units: the one hitting ``config.ratio``, or its kind's
+    ``config.kind_ratios`` entry (query heads: that fraction of each KV group's heads)."""
+    planned = _uniform_ratios(groups, config, total_params)
+    for g, rho, kind in planned:
         if _too_much(g, rho, config.min_units, config.round_to):
+            asked, flag = _asked(config, kind)
             where = f"layer {g.layer}" if g.layer is not None else "the model"
-            raise PlanError(
-                f"ratio {config.ratio} would remove every {g.kind} unit of {where} "
-                f"({g.n_units} units, group ratio {rho:.3f}); lower --ratio or prune other --kinds"
+            what = (
+                f"remove every {g.kind} unit of {where}" if config.min_units == 1
+                else f"leave fewer than --min-units {config.min_units} {g.kind} units in {where}"
             )
+            hint = f"lower {flag}" + (" or prune other --kinds" if kind is None else "")
+            raise PlanError(f"{asked} would {what} ({g.n_units} units, group ratio {rho:.3f}); {hint}")
     keep = {}
-    for g in chosen:
+    for g, rho, _ in planned:
         k = _removed_units(g, rho, config.round_to)
         if k:
             keep[g.id] = _lowest(g, np.asarray(scores[g.id], dtype=np.float64), k)
-    return _finish(chosen, keep, rho)
+    chosen = [g for g, _, _ in planned]
+    return _finish(chosen, keep, planned[0][1] if config.kind_ratios is None else None)
 
 
-def plan_global(
-    groups: Sequence[Group], scores: Mapping[str, np.ndarray], config: PlannerConfig, total_params: int
-) -> Plan:
-    """Remove the lowest normalised scores across all planned groups until ``config.ratio`` is reached.
+def _global_steps(chosen: Sequence[Group], scores: Mapping[str, np.ndarray], min_units: int) -> list[tuple]:
+    """Removal steps ``(normalised score, group order, rank, group, units)``, lowest first.
 
-    Each group's scores are divided by their mean, so layers with larger raw scores do not
-    shield all their units.  Query heads leave in steps of one head per KV group; every group
-    keeps ``min_units``; ``round_to`` then rounds each group's kept count.
+    Each group's scores are divided by their mean; a query-head step takes one head per KV group.
+    No step takes a group below ``min_units``.
     """
-    chosen, target = _chosen(groups, config, total_params)
-    steps = []  # (normalised score, order, group, units removed by this step)
+    steps = []
     for gi, g in enumerate(chosen):
         s = np.asarray(scores[g.id], dtype=np.float64)
         norm = s / (np.abs(s).mean() + 1e-30)
         if g.kind == "query_head" and g.units_per_block:
             per, blocks = g.units_per_block, g.n_units // g.units_per_block
             ranked = [np.arange(b * per, (b + 1) * per)[np.argsort(s[b * per : (b + 1) * per], kind="stable")] for b in range(blocks)]
-            for i in range(per - config.min_units):
+            for i in range(per - min_units):
                 units = [int(r[i]) for r in ranked]
                 steps.append((float(norm[units].mean()), gi, i, g, units))
         else:
             order = np.argsort(s, kind="stable")
-            for i, u in enumerate(order[: g.n_units - config.min_units]):
+            for i, u in enumerate(order[: g.n_units - min_units]):
                 steps.append((float(norm[u]), gi, i, g, [int(u)]))
     steps.sort(key=lambda t: (t[0], t[1], t[2]))
+    return steps
+
+
+def _global_removed(
+    chosen: Sequence[Group],
+    scores: Mapping[str, np.ndarray],
+    config: PlannerConfig,
+    target: int,
+    cost: Callable[[Group, int], int],
+    kind: str | None = None,
+) -> dict[str, list[int]]:
+    """Units to remove per group: the lowest steps until their ``cost(group, n_units)`` sums to ``target``.
+
+    Stops short when one more step would overshoot by more than stopping does; raises when the
+    steps run out first.
+    """
     removed: dict[str, list[int]] = {}
     total = 0
-    for score, _, _, g, units in steps:
+    for *_, g, units in _global_steps(chosen, scores, config.min_units):
         if total >= target:
             break
-        nxt = total + len(units) * g.unit_params
+        nxt = total + cost(g, len(units))
         if abs(nxt - target) > abs(total - target) and total > 0:
-            break  # one more unit overshoots by more than stopping short
+            break  # one more step overshoots by more than stopping short
         removed.setdefault(g.id, []).extend(units)
         total = nxt
-    if total < target * 0.999:
-        raise PlanError(
-            f"ratio {config.ratio} cannot be reached while every group keeps {config.min_units} unit(s); lower --ratio"
-        )
+    else:
+        if total < target * 0.999:
+            asked, flag = _asked(config, kind)
+            raise PlanError(f"{asked} cannot be reached while every group keeps {config.min_units} unit(s); lower {flag}")
+    return removed
+
+
+def plan_global(
+    groups: Sequence[Group], scores: Mapping[str, np.ndarray], config: PlannerConfig, total_params: int
+) -> Plan:
+    """Remove the lowest normalised scores across layers until ``config.ratio`` of the parameters is reached,
+    or, per kind, until ``config.kind_ratios[kind]`` of that kind's planned units is.
+
+    Each group's scores are divided by their mean, so layers with larger raw scores do not
+    shield all their units.  Query heads leave in steps of one head per KV group; every group
+    keeps ``min_units``; ``round_to`` then rounds each group's kept count.
+    """
+    if config.kind_ratios is None:
+        chosen, target = _chosen(groups, config, total_params)
+        removed = _global_removed(chosen, scores, config, target, lambda g, n: n * g.unit_params)
+    else:
+        pairs = _planned(groups, config)
+        chosen, removed = [g for g, _ in pairs], {}
+        for kind, r in config.kind_ratios.items():
+            of_kind = [g for g, k in pairs if k == kind]
+            target = round(r * sum(g.n_units for g in of_kind))
+            removed |= _global_removed(of_kind, scores, config, target, lambda g, n: n, kind)
+    return _finish(chosen, _rounded_keep(chosen, removed, scores, config))
+
+
+def _rounded_keep(
+    chosen: Sequence[Group], removed: Mapping[str, list[int]], scores: Mapping[str, np.ndarray], config: PlannerConfig
+) -> dict[str, list[int]]:
+    """Kept units per group once each group's kept count is rounded to ``config.round_to`` (not below ``min_units``)."""
     keep = {}
     for g in chosen:
-        if g.id not in removed:
-            continue
-        s = np.asarray(scores[g.id], dtype=np.float64)
-        n_remove = len(removed[g.id])
-        if not (g.kind == "query_head" and g.units_per_block):
-            n_remove = g.n_units - _round_kept(g.n_units - n_remove, g.n_units, config.round_to)
+        n_remove = len(removed.get(g.id, ()))
+        if n_remove and not (g.kind == "query_head" and g.units_per_block):
+            n_remove = g.n_units - _round_kept(g.n_units - n_remove, g.n_units, config.round_to, config.min_units)
         if n_remove:
-            keep[g.id] = _lowest(g, s, n_remove)
-    units = sum(g.n_units for g in chosen)
-    return _finish(chosen, keep, sum(g.n_units - len(keep.get(g.id, range(g.n_units))) for g in chosen) / units)
+            keep[g.id] = _lowest(g, np.asarray(scores[g.id], dtype=np.float64), n_remove)
+    return keep
 
 
 STRATEGIES = {"uniform": plan_uniform, "global": plan_global}

@@ -4,6 +4,9 @@
 >>> cfg.planner().layers, cfg.calibration.samples
 ((4, -2), 10)
 
+>>> RunConfig(model="m", out="o", kind_ratios={"attention": 0.25, "mlp_channel": 0.5}).kinds
+['attention', 'mlp_channel']
+
 A run file (``depprune prune --config run.yaml --ratio 0.3`` overrides its ratio)::
 
     model: ../shared/models/stories260K
@@ -16,6 +19,14 @@ A run file (``depprune prune --config run.yaml --ratio 0.3`` overrides its ratio
     layers: [1, -1]
     calibration: {source: ../shared/data/tinystories-train/tinystories-train.cased.txt, samples: 10, seq_len: 128}
     eval_text: ../shared/data/tinystories-valid/TinyStories-valid.first46.txt
+
+Instead of ``ratio``, a file may give ``kind_ratios`` (then leave ``kinds`` out: its keys are the
+planned kinds), the fraction of units removed from every planned group of each kind::
+
+    kind_ratios: {attention: 0.25, mlp_channel: 0.5}
+
+On the command line ``--kind-ratio KIND=FRACTION`` replaces the file's ``ratio`` (and ``kinds``,
+unless ``--kinds`` is given too), and ``--ratio`` replaces its ``kind_ratios``.
 """
 
 from __future__ import annotations
@@ -56,5 +67,7 @@ def read_run_file(path: str | Path) -> dict[str, Any]:
         first = str(e).strip().splitlines()[0]
         raise ValueError(f"run config {str(path)!r} does not parse: {first}") from e
     if not isinstance(data, dict):
-        raise ValueError(f"run config {str(path)!r} must hold a mapping of options, got {type(data).__name__}")
+        raise ValueError(  # noqa: TRY004  (a bad file, reported like one that does not parse)
+            f"run config {str(path)!r} must hold a mapping of options, got {type(data).__name__}"
+        )
     return data

@@ -60,6 +60,18 @@ BAD = {
     "ratio removing every unit": (["--ratio", "0.85"], "would remove every"),
     "unknown importance": (["--importance", "magic"], "unknown --importance 'magic'; valid: flap, l1, l2, random, taylor-"),
     "unknown kind": (["--kinds", "layers"], "--kinds"),
+    "kind ratio of an unknown kind": (
+        ["--kind-ratio", "layers=0.5"],
+        (
+            "--kind-ratio: 'layers=0.5' is not KIND=FRACTION with FRACTION in (0, 1) and KIND one of attention, "
+            "attention_head, kv_group, query_head, mlp_channel, hidden_channel"
+        ),
+    ),
+    "kind ratio not a number": (["--kind-ratio", "mlp_channel=half"], "'mlp_channel=half' is not KIND=FRACTION"),
+    "kind ratio of one": (["--kind-ratio", "mlp_channel=1"], "'mlp_channel=1' is not KIND=FRACTION"),
+    "kind ratio negative": (["--kind-ratio", "attention=-0.2"], "'attention=-0.2' is not KIND=FRACTION"),
+    "kind ratio without fraction": (["--kind-ratio", "mlp_channel"], "'mlp_channel' is not KIND=FRACTION"),
+    "ratio and kind ratio": (["--kind-ratio", "mlp_channel=0.5"], "--ratio (a fraction of parameters) or --kind-ratio"),
 }
 
 
@@ -75,7 +87,7 @@ def test_bad_input_is_one_line_exit_2_and_no_output(case, tmp_path, capsys, monk
         else:
             extra += overrides[i : i + 2]
     argv = ["prune"] + [x for kv in args.items() for x in kv] + extra + ["--quiet"]
-    code, out, err = run_cli(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], err
@@ -139,5 +151,106 @@ def test_run_config_errors_name_the_bad_value(tmp_path, capsys):
     code, _, err = run_cli(capsys, "prune", "--config", str(tmp_path / "missing.yaml"))
     assert code == 2 and "does not exist" in err
     code, _, err = run_cli(capsys, "prune", "--model", str(STORIES), "--out", str(tmp_path / "o"))
-    assert code == 2 and "--ratio is required" in err
+    assert code == 2 and "one of --ratio / --kind-ratio is required" in err
     assert not (tmp_path / "o").exists()
+
+
+# -- --kind-ratio: a fraction of units per kind instead of --ratio ----------------------------
+
+KIND_RATIO_BAD = {
+    "empties a layer": (["--kind-ratio", "attention=0.9"], "kind ratio attention=0.9 would remove every kv_group unit of layer 0"),
+    "given twice": (["--kind-ratio", "mlp_channel=0.5", "--kind-ratio", "mlp_channel=0.4"], "mlp_channel is given twice"),
+    "kinds differ": (["--kinds", "attention", "--kind-ratio", "mlp_channel=0.5"], "differ from the kind_ratios kinds"),
+    "kind the model lacks": (["--kind-ratio", "attention_head=0.5"], "no groups of kinds ['attention_head']"),
+    "query heads with KV groups": (["--kind-ratio", "query_head=0.5", "--kind-ratio", "attention=0.25"], "not both"),
+    "below min units": (["--kind-ratio", "attention=0.75", "--min-units", "2"], "would leave fewer than --min-units 2"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(KIND_RATIO_BAD))
+def test_bad_kind_ratio_is_one_line_exit_2_and_no_output(case, tmp_path, capsys):
+    extra, message = KIND_RATIO_BAD[case]
+    code, _, err = run_cli(capsys, "prune", "--model", str(STORIES), "--out", str(tmp_path / "out"), *extra, "--quiet")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "run,message",
+    [
+        ({"ratio": 0.2, "kind_ratios": {"mlp_channel": 0.5}}, "give exactly one target: ratio"),
+        ({"kind_ratios": {"mlp_channel": 2}}, "--kind-ratio 'mlp_channel=2' is not KIND=FRACTION"),
+        ({"kind_ratios": {"heads": 0.5}}, "'heads=0.5' is not KIND=FRACTION"),
+        ({"kind_ratios": ["mlp_channel", 0.5]}, "must map kinds to fractions"),
+    ],
+)
+def test_bad_kind_ratios_in_run_file(run, message, tmp_path, capsys):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"model": str(STORIES), "out": str(tmp_path / "o"), **run}))
+    code, _, err = run_cli(capsys, "prune", "--config", str(path), "--quiet")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "file,flags,expect",
+    [  # (ratio, kind_ratios, kinds) of the merged run config
+        ({"ratio": 0.3, "kinds": ["mlp_channel"]}, ["--kind-ratio", "attention=0.25"], (None, {"attention": 0.25}, ["attention"])),
+        ({"ratio": 0.3, "kinds": ["mlp_channel"]}, ["--kind-ratio", "mlp_channel=0.5", "--kinds", "mlp_channel"],
+         (None, {"mlp_channel": 0.5}, ["mlp_channel"])),
+        ({"kind_ratios": {"mlp_channel": 0.5}}, ["--ratio", "0.2"], (0.2, None, ["attention", "mlp_channel"])),
+        ({"kind_ratios": {"mlp_channel": 0.5}}, ["--kind-ratio", "query_head=0.5"], (None, {"query_head": 0.5}, ["query_head"])),
+        ({"kind_ratios": {"mlp_channel": 0.5}}, [], (None, {"mlp_channel": 0.5}, ["mlp_channel"])),
+    ],
+)
+def test_command_line_target_replaces_the_run_files(file, flags, expect, tmp_path):
+    from pruners.cli import build_parser, run_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text(json.dumps({"model": str(STORIES), "out": str(tmp_path / "o"), **file}))  # JSON is YAML
+    cfg = run_config(build_parser().parse_args(["prune", "--config", str(path), *flags]))
+    assert (cfg.ratio, cfg.kind_ratios, cfg.kinds) == expect
+
+
+def inspect_units(capsys, model_dir) -> tuple[dict, int]:
+    """Units per group id and the parameter count, from ``depprune inspect --json``."""
+    code, stdout, err = run_cli(capsys, "inspect", "--model", str(model_dir), "--json")
+    assert code == 0, err
+    return {g["id"]: g["units"] for g in json.loads(stdout)["groups"]}, json.loads(stdout)["params"]
+
+
+@pytest.mark.slow
+def test_prune_with_kind_ratios_writes_the_asked_head_and_channel_counts(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(capsys, "prune", "--model", str(STORIES), "--kind-ratio", "attention=0.25",
+                                "--kind-ratio", "mlp_channel=0.5", "--importance", "random", "--out", str(out), "--json", "--quiet")
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["ratio_target"] is None and report["kind_ratios"] == {"attention": 0.25, "mlp_channel": 0.5}
+    assert report["kinds"] == ["attention", "mlp_channel"]
+    removed = 5 * 1 * 3072 + 5 * 86 * 192  # one KV group of 4 and 86 MLP channels of 172 in each of 5 layers
+    assert report["params_before"] - report["params_after"] == removed
+    assert report["ratio_achieved"] == round(removed / report["params_before"], 6)
+    assert report["group_ratio"] == round((5 + 430) / (20 + 860), 6)
+    assert {k: s["removed_units"] for k, s in report["removed"].items()} == {"kv_group": 5, "mlp_channel": 430}
+    units, params = inspect_units(capsys, out)
+    assert params == report["params_after"]
+    for layer in range(5):  # 3 KV groups of 2 query heads, 86 MLP channels
+        assert (units[f"kv_group@{layer}"], units[f"query_head@{layer}"], units[f"mlp_channel@{layer}"]) == (3, 6, 86)
+
+
+@pytest.mark.slow
+def test_kind_ratio_overrides_the_run_files_ratio_and_prints_its_target(tmp_path, capsys):
+    run = tmp_path / "run.yaml"
+    run.write_text(f"model: {STORIES}\nout: {tmp_path / 'o'}\nratio: 0.95\nkinds: [mlp_channel]\nlayers: [1, -1]\n")
+    code, stdout, err = run_cli(capsys, "prune", "--config", str(run), "--kind-ratio", "query_head=0.5", "--quiet")
+    assert code == 0, err
+    assert "(kind ratios query_head=0.5); group ratio 0.500" in stdout, stdout
+    assert "query_head           12 of     24 units" in stdout, stdout  # layers 1-3: one head of each pair
+    units, _ = inspect_units(capsys, tmp_path / "o")
+    assert units["query_head@0"] == units["query_head@4"] == 8
+    # one query head per KV value head left: layers 1-3 now trace as plain multi-head attention, 4 heads each
+    assert [units.get(f"attention_head@{i}") for i in range(5)] == [None, 4, 4, 4, None]
+    assert [units[f"mlp_channel@{i}"] for i in range(5)] == [172] * 5

@@ -181,8 +181,19 @@ def computed_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: b for n, b in model.named_buffers() if n not in state}
 
 
-def save_pruned(model: nn.Module, out: str | os.PathLike, record: PruneRecord, source: str | os.PathLike | None = None, force: bool = False) -> Path:
-    """Write the pruned model to ``out`` atomically (temporary directory, then rename)."""
+def save_pruned(
+    model: nn.Module,
+    out: str | os.PathLike,
+    record: PruneRecord,
+    source: str | os.PathLike | None = None,
+    force: bool = False,
+    run: dict | None = None,
+) -> Path:
+    """Write the pruned model to ``out`` atomically (temporary directory, then rename).
+
+    ``run`` (JSON-serialisable: the run config and its outcome) is kept in ``config.json`` under
+    ``depprune.run``, so a checkpoint says how it was made.
+    """
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise FileExistsError(f"output {str(out)!r} exists and is not empty; pass --force to overwrite it")
@@ -206,6 +217,8 @@ def save_pruned(model: nn.Module, out: str | os.PathLike, record: PruneRecord, s
         # config.json carries the pruned sizes when the architecture can express them (then any
         # transformers install loads it); the record always lets load_model rebuild per-layer sizes
         cfg["depprune"] = {"format": FORMAT, "hf_loadable": bool(record.config), "record": record.to_dict()}
+        if run is not None:
+            cfg["depprune"]["run"] = run
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         if source is not None:
             for f in TOKENIZER_FILES:

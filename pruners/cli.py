@@ -314,7 +314,8 @@ def _prune(args) -> dict:
         report["eval_text"] = cfg.eval_text
         report["ppl_before"] = perplexity(model, tokenizer, cfg.eval_text, progress=not args.quiet)
         report["ppl_after"] = perplexity(result.model, tokenizer, cfg.eval_text, progress=not args.quiet)
-    save_pruned(result.model, cfg.out, result.record, source=cfg.tokenizer or cfg.model, force=cfg.force)
+    run = {"config": cfg.model_dump(mode="json", exclude={"force"}), "report": report}
+    save_pruned(result.model, cfg.out, result.record, source=cfg.tokenizer or cfg.model, force=cfg.force, run=run)
     return report
 
 

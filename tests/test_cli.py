@@ -122,6 +122,10 @@ def test_prune_writes_loadable_model_and_source_is_untouched(tmp_path, capsys):
     report = json.loads(stdout)
     assert report["params_after"] < report["params_before"]
     assert {p.name: p.read_bytes() for p in src.iterdir() if p.is_file()} == before
+    # the checkpoint says how it was made: the whole run config and the report
+    run = json.loads((out / "config.json").read_text())["depprune"]["run"]
+    assert run["config"]["importance"] == "random" and run["config"]["ratio"] == 0.3 and run["config"]["seed"] == 0
+    assert run["config"]["kinds"] == ["query_head", "mlp_channel"] and run["report"] == report
     code, stdout, err = run_cli(capsys, "inspect", "--model", str(out), "--json")
     assert code == 0, err
     assert json.loads(stdout)["params"] == report["params_after"]

@@ -157,7 +157,9 @@ def test_prune_every_estimator_and_aggregation(importance, aggregation, runs, so
     assert torch.isfinite(logits).all(), f"{importance}/{aggregation}: non-finite logits"
 
     # the saved record agrees with the report: per kind, kept units = units - removed units
-    kept = json.loads((run["out"] / "config.json").read_text())["depprune"]["record"]["kept"]
+    saved = json.loads((run["out"] / "config.json").read_text())["depprune"]
+    assert saved["run"]["config"]["importance"] == importance and saved["run"]["config"]["aggregation"] == aggregation
+    kept = saved["record"]["kept"]
     assert report["removed"], report
     for kind, stats in report["removed"].items():
         groups = {gid: units for gid, units in kept.items() if gid.split("@")[0] == kind}
@@ -184,6 +186,10 @@ def test_estimators_aggregations_and_seeds_change_the_plan(runs):
     # the channels differently by magnitude
     assert runs.kept("l2", "sum") != runs.kept("l2", "last")
     assert runs.kept("l2", "sum") != runs.kept("l2", "max")
+    # activation criteria score only the input-side member: the others are left out of the
+    # aggregation, so prod is that member's score too (not a product with an empty row)
+    assert runs.kept("wanda-sp", "prod") == runs.kept("wanda-sp", "sum")
+    assert runs.kept("flap", "prod") != runs.kept("wanda-sp", "prod")
     # and the matrix is not a handful of plans: more distinct plans than estimators
     plans = {json.dumps(runs.kept(imp, agg), sort_keys=True) for imp, agg in COMBINATIONS}
     assert len(plans) > len(ESTIMATOR_NAMES), f"{len(plans)} distinct plans over {len(COMBINATIONS)} runs"

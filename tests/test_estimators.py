@@ -14,7 +14,7 @@ from torch import nn
 
 from depgraph import trace
 from depgraph.groups import find_groups
-from pruners.importance import ScoringContext, collect_signals, make_estimator, needs_of
+from pruners.importance import ScoringContext, collect_signals, make_estimator, needs_of, unit_scores
 
 
 class TinyLM(nn.Module):
@@ -97,15 +97,33 @@ def test_vector_and_element_differ(setup):
 def test_wanda_sp(setup):
     model, group, G, F, X, W = setup
     norms = X.pow(2).sum(0).sqrt()  # ||X_u|| over all calibration tokens
-    expect = np.stack([np.zeros(5), (W[1].abs().sum(0) * norms).numpy()])  # up's pruned axis is not its input
-    assert np.allclose(scores(model, group, "wanda-sp"), expect, rtol=1e-5)
+    expect = np.stack([np.full(5, np.nan), (W[1].abs().sum(0) * norms).numpy()])  # up's pruned axis is not its input
+    assert np.allclose(scores(model, group, "wanda-sp"), expect, rtol=1e-5, equal_nan=True)
 
 
 def test_flap(setup):
     model, group, G, F, X, W = setup
     var = X.var(0, unbiased=False)
-    expect = np.stack([np.zeros(5), ((W[1] ** 2).sum(0) * var).numpy()])
-    assert np.allclose(scores(model, group, "flap"), expect, rtol=1e-5, atol=1e-12)
+    expect = np.stack([np.full(5, np.nan), ((W[1] ** 2).sum(0) * var).numpy()])
+    assert np.allclose(scores(model, group, "flap"), expect, rtol=1e-5, atol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", ["wanda-sp", "flap"])
+@pytest.mark.parametrize("aggregation", ["sum", "mean", "max", "prod", "last"])
+def test_unscored_members_are_left_out_of_the_aggregation(setup, name, aggregation):
+    # activation criteria score only the member whose input axis is pruned (down); every
+    # aggregation, prod included, must then give down's row, not a product with an empty row
+    model, group, *_ = setup
+    est = make_estimator(name)
+    ctx = ScoringContext.for_model(model, 0, collect_signals(model, SAMPLES, needs_of(est), progress=False))
+    expect = scores(model, group, name)[1]
+    assert np.allclose(unit_scores(group, est, ctx, aggregation), expect, rtol=1e-12)
+
+
+def test_a_group_without_any_scored_member_scores_zero(setup):
+    model, group, *_ = setup
+    est = make_estimator("wanda-sp")
+    assert np.array_equal(unit_scores(group, est, ScoringContext.for_model(model, 0)), np.zeros(group.n_units))
 
 
 def test_signal_collection_leaves_the_model_as_it_was(setup):

@@ -1,8 +1,11 @@
 """Importance estimators and aggregations: small protocols, explicit registries.
 
 An estimator scores every unit of a group, separately for each member (parameter axis):
-``score(group, ctx) -> Tensor (n_members, n_units)``.  An aggregation reduces those rows to
-one score per unit.  Both are registered by name, an estimator with its pydantic config::
+``score(group, ctx) -> Tensor (n_members, n_units)``; a member it cannot score (no weights, no
+calibration statistics for it) is a row of NaN.  An aggregation reduces the scored rows to one
+score per unit (unscored rows are left out, so ``prod`` or ``mean`` of an activation criterion
+that scores only the input-side member is that member's score).  Both are registered by name,
+an estimator with its pydantic config::
 
     from pydantic import BaseModel, Field
     from pruners.importance import register_estimator
@@ -58,7 +61,7 @@ class Estimator(Protocol):
     needs: frozenset[str]
 
     def score(self, group: Group, ctx: ScoringContext) -> torch.Tensor:
-        """Per-member, per-unit scores: shape ``(n_members, n_units)``; higher means keep."""
+        """Per-member, per-unit scores: shape ``(n_members, n_units)``; higher means keep; NaN rows: not scored."""
         ...
 
 
@@ -127,15 +130,26 @@ def make_estimator(name: str, **options) -> Estimator:
 
 
 def aggregate(name: str, scores: torch.Tensor) -> torch.Tensor:
+    """Reduce member rows ``(n_members, n_units)`` to ``(n_units,)`` with the registered ``name``.
+
+    Unscored (all-NaN) rows are left out; with none scored, every unit scores zero.
+
+    >>> nan = float("nan")
+    >>> aggregate("prod", torch.tensor([[nan, nan], [2.0, 3.0], [4.0, 1.0]], dtype=torch.float64))
+    tensor([8., 3.], dtype=torch.float64)
+    """
     if name not in AGGREGATIONS:
         raise KeyError(f"unknown aggregation {name!r}; registered: {', '.join(sorted(AGGREGATIONS))}")
-    return AGGREGATIONS[name](scores)
+    scored = scores[~torch.isnan(scores).all(dim=1)]
+    if not len(scored):
+        return torch.zeros(scores.shape[1], dtype=scores.dtype)
+    return AGGREGATIONS[name](scored)
 
 
 def member_reduce(group: Group, ctx: ScoringContext, elementwise: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Sum ``elementwise(W)`` over each unit's slice of each member: ``(n_members, n_units)``.
 
-    A member without weights in ``ctx`` (a buffer, a meta tensor) scores zero.
+    A member without weights in ``ctx`` (a buffer, a meta tensor) is not scored: a NaN row.
     """
     return unit_sums(group, ctx, lambda name, axis, w: elementwise(w))
 
@@ -151,7 +165,7 @@ def unit_sums(
     ``W`` is passed in at least fp32 (fp32 and fp64 weights as they are, without a copy;
     half-precision ones upcast to fp32).  ``values`` returns a tensor shaped like ``W`` in
     that precision, or ``None`` when the member has no score (e.g. no calibration statistics
-    for it): that row is zero.  The sums are taken in fp64.
+    for it): that row is NaN, and aggregation leaves it out.  The sums are taken in fp64.
 
     Memory: a member costs ``values``' own temporaries (about one weight-sized tensor when
     it works in place) plus fp64 partial sums over slices of at most ``_SUM_CHUNK`` elements,
@@ -160,12 +174,13 @@ def unit_sums(
     rows = []
     for m in group.members:
         w = ctx.params.get(m.param)
-        row = torch.zeros(group.n_units, dtype=torch.float64)
+        row = torch.full((group.n_units,), torch.nan, dtype=torch.float64)
         vals = None
         if w is not None and w.device.type != "meta":
             w = w.detach()
             vals = values(m.param, m.axis, w if w.dtype in (torch.float32, torch.float64) else w.float())
         if vals is not None:
+            row.zero_()
             per_pos = _sum_except(vals, m.axis)  # (axis size,) fp64
             del vals
             unit_of = torch.as_tensor(m.unit_of)
@@ -218,5 +233,5 @@ def _last(s: torch.Tensor) -> torch.Tensor:
 
 
 def unit_scores(group: Group, estimator: Estimator, ctx: ScoringContext, aggregation: str = "sum") -> np.ndarray:
-    """One score per unit of ``group``."""
+    """One score per unit of ``group``: ``aggregation`` over the members the estimator scored."""
     return aggregate(aggregation, estimator.score(group, ctx)).numpy()

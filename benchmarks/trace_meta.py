@@ -87,10 +87,11 @@ def peak_rss_kib() -> int:
 def run_baseline() -> dict:
     """Child mode: import only, report the RSS that costs."""
     t0 = time.perf_counter()
-    import depgraph  # noqa: F401
-    import depgraph.groups  # noqa: F401
     import torch  # noqa: F401
     import transformers  # noqa: F401
+
+    import depgraph  # noqa: F401
+    import depgraph.groups  # noqa: F401
 
     transformers.LlamaForCausalLM  # noqa: B018  (trigger the lazy import of modeling_llama)
     return {"import_s": time.perf_counter() - t0, "peak_rss_kib": peak_rss_kib()}
@@ -184,7 +185,7 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "loadavg_at_start": os.getloadavg(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 
 

@@ -23,7 +23,7 @@ with ``origin="expand"`` is the copy axis that repeats one KV head for several q
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Hashable, Iterable
+from collections.abc import Hashable, Iterable
 
 import networkx as nx
 import numpy as np

@@ -20,8 +20,8 @@ Kinds
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Hashable
 
 import networkx as nx
 import numpy as np

@@ -26,8 +26,8 @@ True
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Union
 
 _ids = itertools.count()
 
@@ -73,7 +73,7 @@ class Cat:
         return "Cat(" + ", ".join(map(repr, self.children)) + ")"
 
 
-Term = Union[Factor, Prod, Cat]
+Term = Factor | Prod | Cat
 ONE = Prod(())  # the size-1 axis: coupled to nothing
 
 

@@ -28,7 +28,7 @@ import copy
 import itertools
 import logging
 import re
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from torch import nn
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn

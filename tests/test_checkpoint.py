@@ -42,8 +42,8 @@ def test_uniform_mlp_prune_is_plain_hf_loadable(source, tmp_path):
 
 
 def test_per_layer_sizes_round_trip_through_the_record(source, tmp_path):
-    from depgraph.groups import find_groups
     from depgraph import meta_copy, trace
+    from depgraph.groups import find_groups
     from pruners.executor import execute
 
     tr = trace(meta_copy(source))

@@ -56,9 +56,9 @@ def test_prune_20_percent_l2_generates_and_has_finite_perplexity(tmp_path, recor
     from pruners.cli import main
 
     out = tmp_path / "pruned"
-    import json
     import contextlib
     import io
+    import json
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):

@@ -24,8 +24,9 @@ an estimator with its pydantic config::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ class ScoringContext:
     signals: Signals = field(default_factory=Signals)
 
     @classmethod
-    def for_model(cls, model: nn.Module, seed: int = 0, signals: Signals | None = None) -> "ScoringContext":
+    def for_model(cls, model: nn.Module, seed: int = 0, signals: Signals | None = None) -> ScoringContext:
         params = dict(model.named_parameters())
         params.update(dict(model.named_buffers()))
         return cls(model=model, generator=torch.Generator().manual_seed(seed), params=params, signals=signals or Signals())

@@ -11,8 +11,8 @@ per-sample gradients never exists (weights + Fisher + one batch of activations).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import torch
 from torch import nn

@@ -97,7 +97,8 @@ def score_groups(
     needs = needs_of(estimator)
     if needs and not samples:
         raise ValueError(f"importance {importance!r} needs calibration samples (CLI: --calibration FILE)")
-    signals = collect_signals(model, samples or [], needs, progress) if needs else None
+    scored = {m.param for g in groups for m in g.members}  # no gradients for weights no group reads
+    signals = collect_signals(model, samples or [], needs, progress, params=scored) if needs else None
     ctx = ScoringContext.for_model(model, seed, signals)
     return {
         g.id: unit_scores(g, estimator, ctx, aggregation)

@@ -138,3 +138,19 @@ def test_signal_collection_leaves_the_model_as_it_was(setup):
 def test_unknown_signal_is_refused(setup):
     with pytest.raises(ValueError, match="unknown signals"):
         collect_signals(setup[0], SAMPLES, {"hessian"})
+
+
+def test_signals_only_for_the_given_params(setup):
+    # the scored weights get the same signals as with every parameter differentiated; the
+    # others (embedding, head) get none, and are left as they were
+    model, *_ = setup
+    wanted = {"up.weight", "down.weight"}
+    full = collect_signals(model, SAMPLES, {"grad", "fisher", "activations"}, progress=False)
+    part = collect_signals(model, SAMPLES, {"grad", "fisher", "activations"}, progress=False, params=wanted)
+    assert set(part.grad) == set(part.fisher) == wanted and set(part.act_sq) <= wanted
+    for n in wanted:
+        assert torch.allclose(part.grad[n], full.grad[n]) and torch.allclose(part.fisher[n], full.fisher[n])
+    assert torch.equal(part.act_sq["down.weight"], full.act_sq["down.weight"])
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+    with pytest.raises(ValueError, match="none of the given params"):
+        collect_signals(model, SAMPLES, {"grad"}, progress=False, params={"no.such.weight"})

@@ -66,10 +66,19 @@ def _causal_lm_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits[0, :-1].float(), ids[0, 1:])
 
 
-def collect_signals(model: nn.Module, samples: Sequence[torch.Tensor], needs: Iterable[str], progress: bool = True) -> Signals:
+def collect_signals(
+    model: nn.Module,
+    samples: Sequence[torch.Tensor],
+    needs: Iterable[str],
+    progress: bool = True,
+    params: Iterable[str] | None = None,
+) -> Signals:
     """Run the calibration samples through ``model`` and gather what ``needs`` asks for.
 
-    ``model`` is left as it was: gradients are cleared and hooks removed afterwards.
+    ``params`` names the weights whose signals are wanted (default: all).  Only they get
+    gradients: e.g. the embedding and the LM head, which no attention or MLP group reads, are
+    not differentiated, which saves their gradient memory.  ``model`` is left as it was:
+    gradients are cleared and hooks removed afterwards.
     """
     needs = set(needs)
     unknown = needs - SIGNALS
@@ -79,7 +88,8 @@ def collect_signals(model: nn.Module, samples: Sequence[torch.Tensor], needs: It
     if not needs or not samples:
         return sig
     device = next(model.parameters()).device
-    params = dict(model.named_parameters())
+    all_params = dict(model.named_parameters())
+    wanted = set(all_params) if params is None else set(params) & set(all_params)
     hooks = []
     if "activations" in needs:
         for path, mod in model.named_modules():
@@ -87,17 +97,21 @@ def collect_signals(model: nn.Module, samples: Sequence[torch.Tensor], needs: It
             if key is None or not isinstance(getattr(mod, "weight", None), torch.Tensor):
                 continue
             name = f"{path}.weight" if path else "weight"
+            if name not in wanted:
+                continue
             sig.input_axis[name] = INPUT_AXIS[key]
             hooks.append(mod.register_forward_pre_hook(_stats_hook(sig, name)))
     wants_grad = bool(needs & {"grad", "fisher"})
+    if wants_grad and not wanted:
+        raise ValueError("gradient signals were asked for, but none of the given params is a parameter of the model")
     if "fisher" in needs:
-        for n, p in params.items():
-            hooks.append(p.register_post_accumulate_grad_hook(_fisher_hook(sig, n, len(samples), "grad" in needs)))
+        for n in wanted:
+            hooks.append(all_params[n].register_post_accumulate_grad_hook(_fisher_hook(sig, n, len(samples), "grad" in needs)))
     was_training = model.training
     model.eval()
-    saved = {n: p.requires_grad for n, p in params.items()}
-    for p in params.values():
-        p.requires_grad_(wants_grad)
+    saved = {n: p.requires_grad for n, p in all_params.items()}
+    for n, p in all_params.items():
+        p.requires_grad_(wants_grad and n in wanted)
         p.grad = None
     try:
         for ids in tqdm(samples, desc="calibration", disable=not progress, leave=False):
@@ -109,11 +123,11 @@ def collect_signals(model: nn.Module, samples: Sequence[torch.Tensor], needs: It
             loss = _causal_lm_loss(model, ids) / len(samples)  # mean over samples
             loss.backward()  # with "fisher", the hooks have folded in and cleared every .grad
         if wants_grad and "fisher" not in needs:
-            sig.grad = {n: p.grad.detach().float() for n, p in params.items() if p.grad is not None}
+            sig.grad = {n: p.grad.detach().float() for n, p in all_params.items() if p.grad is not None}
     finally:
         for h in hooks:
             h.remove()
-        for n, p in params.items():
+        for n, p in all_params.items():
             p.grad = None
             p.requires_grad_(saved[n])
         model.train(was_training)

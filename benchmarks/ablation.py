@@ -311,7 +311,7 @@ def write_plot(rows: list[dict], args, path: Path) -> None:
     summary = summarise(rows)
     dense = next(r for r in rows if r["estimator"] == "dense")
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    colors = dict(zip([*args.estimators, *(f"{e} (no coupling)" for e in UNCOUPLED)], plt.get_cmap("tab20").colors))
+    colors = dict(zip(args.estimators, plt.get_cmap("tab10").colors))  # no coupling: same colour, dashed
     for ax, metric, title in zip(axes, ("ppl_tinystories", "ppl_wikitext2"), ("TinyStories-valid", "WikiText-2")):
         series = [(e, "sum", "grouped") for e in args.estimators] + [(e, "sum", "uncoupled") for e in UNCOUPLED]
         for est, agg, coupling in series:
@@ -322,7 +322,7 @@ def write_plot(rows: list[dict], args, path: Path) -> None:
             x, y, err = zip(*[(0.0, dense[metric], 0.0), *pts])
             label = est if coupling == "grouped" else f"{est} (no coupling)"
             ax.errorbar([100 * v for v in x], y, yerr=err, marker="o", ms=3, capsize=2, label=label,
-                        color=colors[label], linestyle="--" if coupling == "uncoupled" else "-")
+                        color=colors.get(est), linestyle="--" if coupling == "uncoupled" else "-")
         ax.set_yscale("log")
         ax.set_xlabel("parameters removed (%)")
         ax.set_ylabel("perplexity (log scale)")

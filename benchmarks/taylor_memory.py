@@ -160,12 +160,16 @@ def run_one(estimator: str, shape: str, n_samples: int, seq_len: int) -> dict:
     unique = list({p.data_ptr(): p for p in model.parameters()}.values())
     weight_bytes = sum(p.numel() * p.element_size() for p in unique)
     num_params = sum(p.numel() for p in unique)
-    largest_bytes = max(p.numel() * p.element_size() for p in unique)
 
     t0 = time.perf_counter()
     tr, groups = analyze(model)  # the trace stays alive during scoring, as in pruners.pipeline.prune
     chosen = select_groups(groups, KINDS)
     analyze_s = time.perf_counter() - t0
+    # score_groups differentiates only the weights of the scored groups (not embeddings / LM head)
+    named = dict(model.named_parameters())
+    scored = {m.param for g in chosen for m in g.members if m.param in named}
+    scored_bytes = {n: named[n].numel() * named[n].element_size() for n in scored}
+    largest_bytes = max(scored_bytes.values())
 
     gen = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
@@ -238,8 +242,9 @@ def run_one(estimator: str, shape: str, n_samples: int, seq_len: int) -> dict:
         # Linux's ru_maxrss is the same high-water mark as VmHWM, so the resets above restart it too:
         # it covers the estimator phase only (when the reset worked), a cross-check of that phase's peak
         "ru_maxrss_since_reset_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "scored_param_bytes": sum(scored_bytes.values()),
         "largest_param_bytes": largest_bytes,
-        "largest_params": [n for n, p in model.named_parameters() if p.numel() * p.element_size() == largest_bytes],
+        "largest_params": sorted(n for n, b in scored_bytes.items() if b == largest_bytes)[:2],
         "attributable_bytes": (peak - rss_before_build) * 1024,
         "after_collect_ratio_to_weights": (phases["rss_after_collect_kib"] - rss_before_build) * 1024 / weight_bytes,
         "ratio_to_weights": (peak - rss_before_build) * 1024 / weight_bytes,
@@ -336,10 +341,11 @@ def breakdown(results: dict) -> list[str]:
     w = r["weight_bytes"]
     parts = [
         ("weights (fp32)", 1.0),
-        ("gradients (fp32, accumulated in the parameters' `.grad`, one per parameter)", 1.0),
+        ("gradients (fp32, accumulated in `.grad`, only for the weights of the scored groups: "
+         "no embedding or LM-head gradient)", r.get("scored_param_bytes", w) / w),
         (f"activations autograd saves for one {results['seq_len']}-token sample, logits included "
          "(measured in a separate process)", (act["saved_activation_bytes"] + act["logits_bytes"]) / w),
-        ("the largest parameter's fresh gradient, alive until backward adds it into `.grad` "
+        ("the largest scored parameter's fresh gradient, alive until backward adds it into `.grad` "
          f"({r['largest_param_bytes'] / 1e9:.2f} GB: {' / '.join(f'`{n}`' for n in r['largest_params'])})",
          r["largest_param_bytes"] / w),
     ]

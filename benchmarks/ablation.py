@@ -208,7 +208,12 @@ def _table(summary, entries: list[tuple[str, str, str]], ratios: list[float], me
     lines = [head, "|" + "---|" * (len(ratios) + 1)]
     for est, agg, coupling in entries:
         cells = [_cell(summary, (est, agg, coupling, r, metric)) for r in ratios]
-        name = est if coupling == "grouped" and agg == "sum" else f"{est} ({agg if coupling == 'grouped' else coupling})"
+        if label == "aggregation":
+            name = agg
+        elif coupling == "grouped" and agg == "sum":
+            name = est
+        else:
+            name = f"{est} ({agg if coupling == 'grouped' else coupling})"
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 

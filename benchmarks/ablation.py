@@ -21,9 +21,9 @@ Runs
   that masked and sliced evaluation are comparable, the grouped ``l2`` plan is evaluated
   both ways at every ratio and the two perplexities are recorded (they must agree).
 
-Scores are computed once per (estimator, seed) -- one calibration pass -- and every
-aggregation and ratio is planned from them; every grouped plan is sliced for real with
-:func:`pruners.executor.execute` (the same path as ``depprune prune``).
+Scores (:func:`pruners.pipeline.member_scores`) are computed once per (estimator, seed) -- one
+calibration pass -- and every aggregation and ratio is planned from them; every grouped plan
+is sliced for real with :func:`pruners.executor.execute` (the same path as ``depprune prune``).
 
 Run it from the repository root after ``pip install -e .[bench]`` (matplotlib for the plot)::
 
@@ -49,19 +49,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pruners import pipeline
 from pruners.calibration import CalibrationConfig, calibration_samples
 from pruners.checkpoint import load_model
 from pruners.eval import perplexity
 from pruners.executor import execute
-from pruners.importance import (
-    AGGREGATIONS,
-    ESTIMATORS,
-    ScoringContext,
-    aggregate,
-    collect_signals,
-    make_estimator,
-    needs_of,
-)
+from pruners.importance import AGGREGATIONS, ESTIMATORS, aggregate, make_estimator, needs_of
 from pruners.pipeline import analyze, count_params
 from pruners.planner import PlannerConfig, make_plan, select_groups
 
@@ -94,16 +87,12 @@ def evaluate(model: torch.nn.Module, s: Setup) -> dict[str, float]:
 
 
 def member_scores(s: Setup, importance: str, seed: int) -> dict[str, torch.Tensor]:
-    """``estimator.score`` of every planned group: ``(n_members, n_units)`` per group id."""
-    estimator = make_estimator(importance)
-    needs = needs_of(estimator)
-    signals = None
-    if needs:
+    """The estimator's rows, ``(n_members, n_units)``, of every planned group (calibration drawn with ``seed``)."""
+    samples = None
+    if needs_of(make_estimator(importance)):
         cal = CalibrationConfig(source=s.args.calibration, samples=s.args.samples, seq_len=s.args.seq_len, seed=seed)
-        scored = {m.param for g in s.chosen for m in g.members}
-        signals = collect_signals(s.model, calibration_samples(cal, s.tokenizer), needs, progress=False, params=scored)
-    ctx = ScoringContext.for_model(s.model, seed, signals)
-    return {g.id: estimator.score(g, ctx) for g in s.chosen}
+        samples = calibration_samples(cal, s.tokenizer)
+    return pipeline.member_scores(s.model, s.chosen, importance, seed, progress=False, samples=samples)
 
 
 def masked_copy(model: torch.nn.Module, drops: list[tuple[str, int, np.ndarray]]) -> torch.nn.Module:

@@ -23,7 +23,15 @@ from depgraph.groups import Group, find_groups
 
 from .calibration import CalibrationConfig, calibration_samples
 from .executor import PruneRecord, execute
-from .importance import AGGREGATIONS, ESTIMATORS, ScoringContext, collect_signals, make_estimator, needs_of, unit_scores
+from .importance import (
+    AGGREGATIONS,
+    ESTIMATORS,
+    ScoringContext,
+    aggregate,
+    collect_signals,
+    make_estimator,
+    needs_of,
+)
 from .planner import LayerBound, Plan, PlannerConfig, PruneTarget, make_plan, select_groups
 
 
@@ -83,6 +91,32 @@ def analyze(model: nn.Module) -> tuple[object, list[Group]]:
     return tr, find_groups(tr)
 
 
+def member_scores(
+    model: nn.Module,
+    groups: list[Group],
+    importance: str,
+    seed: int,
+    progress: bool = True,
+    samples: list[torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The estimator's rows for every group, ``(n_members, n_units)`` per group id, before aggregation.
+
+    Calibration ``samples`` feed estimators that need signals; only the groups' own weights
+    are differentiated.
+    """
+    estimator = make_estimator(importance)
+    needs = needs_of(estimator)
+    if needs and not samples:
+        raise ValueError(f"importance {importance!r} needs calibration samples (CLI: --calibration FILE)")
+    scored = {m.param for g in groups for m in g.members}  # no gradients for weights no group reads
+    signals = collect_signals(model, samples or [], needs, progress, params=scored) if needs else None
+    ctx = ScoringContext.for_model(model, seed, signals)
+    return {
+        g.id: estimator.score(g, ctx)
+        for g in tqdm(groups, desc=f"scoring ({importance})", disable=not progress, leave=False)
+    }
+
+
 def score_groups(
     model: nn.Module,
     groups: list[Group],
@@ -92,18 +126,9 @@ def score_groups(
     progress: bool = True,
     samples: list[torch.Tensor] | None = None,
 ) -> dict[str, np.ndarray]:
-    """One score per unit of every group; calibration ``samples`` feed estimators that need signals."""
-    estimator = make_estimator(importance)
-    needs = needs_of(estimator)
-    if needs and not samples:
-        raise ValueError(f"importance {importance!r} needs calibration samples (CLI: --calibration FILE)")
-    scored = {m.param for g in groups for m in g.members}  # no gradients for weights no group reads
-    signals = collect_signals(model, samples or [], needs, progress, params=scored) if needs else None
-    ctx = ScoringContext.for_model(model, seed, signals)
-    return {
-        g.id: unit_scores(g, estimator, ctx, aggregation)
-        for g in tqdm(groups, desc=f"scoring ({importance})", disable=not progress, leave=False)
-    }
+    """One score per unit of every group: :func:`member_scores` reduced by ``aggregation``."""
+    rows = member_scores(model, groups, importance, seed, progress, samples)
+    return {gid: aggregate(aggregation, r).numpy() for gid, r in rows.items()}
 
 
 def check_feasible(groups: list[Group], config: PruneConfig, total_params: int) -> Plan:

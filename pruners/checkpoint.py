@@ -20,16 +20,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import ModelSourceError
 from .executor import PruneRecord, _get
 
 FORMAT = 1
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 BUFFER_FILE = "depprune_buffers.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt")
-
-
-class ModelSourceError(ValueError):
-    """The given path is not a loadable model."""
 
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -21,10 +21,11 @@ from depgraph.groups import Group
 from depgraph.layout import factors as _factors
 
 from .attributes import apply_shape_adapters, infer_attributes
+from .errors import DeppruneError
 from .hf_config import hf_config_update
 
 
-class PlanError(ValueError):
+class PlanError(DeppruneError, ValueError):
     """A pruning plan that cannot be executed (unknown group, every unit removed, ...)."""
 
 

@@ -5,6 +5,12 @@ with ``instruction``/``input``/``output`` records are rendered with the Alpaca p
 alpaca-lora and LLM-Pruner).  Each sample is a window of ``seq_len`` tokens, starting with
 BOS, cut at a random offset from a random document long enough to hold it (documents are
 joined when none is).
+
+Every file is validated as it is read: :func:`read_documents` (and :func:`check_calibration_file`,
+which needs no tokenizer) raise :class:`~pruners.errors.InputFileError`, one line naming the file
+and the record or line, for a file that is missing, a directory, empty, binary or not UTF-8, JSON
+that does not parse, and records that are not Alpaca records.  :func:`calibration_samples` also
+refuses a file with fewer than ``samples * seq_len`` tokens.
 """
 
 from __future__ import annotations
@@ -15,6 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import UsageError
+from .text_input import file_error, json_error, json_type, read_text
+
+MAX_SEED = 2**32 - 1  # numpy and torch both take it; negative seeds are refused by numpy
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task{ctx}. Write a response that appropriately completes the request.\n\n"
@@ -30,22 +41,78 @@ class CalibrationConfig(BaseModel):
     source: Path | None = Field(None, description="text file, or Alpaca-format .json/.jsonl file")
     samples: int = Field(10, ge=1, description="number of calibration sequences")
     seq_len: int = Field(128, ge=2, description="tokens per calibration sequence")
-    seed: int = Field(0, description="seed for choosing documents and offsets")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed for choosing documents and offsets, in [0, 2**32 - 1]")
+
+
+WHAT = "calibration file"
+ALPACA_RECORD = "Alpaca records: objects with string 'instruction' and 'output' and an optional string 'input'"
 
 
 def read_documents(path: str | Path) -> list[str]:
-    """Documents of a calibration file (format chosen by extension and content)."""
+    """Documents of a calibration file (format chosen by extension and content).
+
+    Raises :class:`~pruners.errors.InputFileError` (one line) for a file that cannot be used; a
+    missing file's error is also a :class:`FileNotFoundError`.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"calibration file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
     if path.suffix in (".json", ".jsonl"):
-        records = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" else json.loads(text)
-        if not isinstance(records, list) or not all(isinstance(r, dict) and "instruction" in r for r in records):
-            raise ValueError(f"{path}: expected Alpaca records with 'instruction', 'input' and 'output'")
-        return [alpaca_prompt(r) for r in records]
+        expected = "a JSON list of " + ALPACA_RECORD if path.suffix == ".json" else "one JSON object per line, " + ALPACA_RECORD
+        return [alpaca_prompt(r) for r in _alpaca_records(path, read_text(path, WHAT, expected))]
+    text = read_text(path, WHAT)
     parts = text.split("<|endoftext|>") if "<|endoftext|>" in text else text.split("\n\n")
-    return [p.strip() for p in parts if p.strip()]
+    docs = [p.strip() for p in parts if p.strip()]
+    if not docs:
+        raise file_error(path, WHAT, "holds no documents, only <|endoftext|> separators; expected UTF-8 text")
+    return docs
+
+
+def check_calibration_file(path: str | Path) -> int:
+    """The number of documents in a calibration file; validates it without a tokenizer (before anything is loaded)."""
+    return len(read_documents(path))
+
+
+def _alpaca_records(path: Path, text: str) -> list[dict]:
+    """The records of an Alpaca ``.json`` (a list) or ``.jsonl`` (an object per line) text, each checked."""
+    records: list = []
+    if path.suffix == ".jsonl":
+        for lineno, line in enumerate(text.split("\n"), 1):
+            if not line.strip():
+                continue
+            where = f"line {lineno} (record [{len(records)}])"
+            try:
+                records.append(json.loads(line))
+            except (ValueError, RecursionError) as e:
+                raise file_error(
+                    path, WHAT, f"{where} does not parse as JSON: {json_error(e)}; expected one JSON object per line"
+                ) from None
+            _check_alpaca_record(path, where, records[-1])
+    else:
+        try:
+            records = json.loads(text)
+        except (ValueError, RecursionError) as e:
+            hint = " (one record per line? then name the file .jsonl)" if str(e).startswith("Extra data") else ""
+            raise file_error(
+                path, WHAT, f"does not parse as JSON: {json_error(e)}{hint}; expected a JSON list of Alpaca records"
+            ) from None
+        if not isinstance(records, list):
+            raise file_error(path, WHAT, f"expected a JSON list of {ALPACA_RECORD}, got {json_type(records)}")
+        for i, record in enumerate(records):
+            _check_alpaca_record(path, f"record [{i}]", record)
+    if not records:
+        raise file_error(path, WHAT, f"holds no records (an empty list); expected {ALPACA_RECORD}")
+    return records
+
+
+def _check_alpaca_record(path: Path, where: str, record) -> None:
+    if not isinstance(record, dict):
+        raise file_error(path, WHAT, f"{where} is {json_type(record)}, not an object; expected {ALPACA_RECORD}")
+    for key in ("instruction", "output"):
+        if key not in record:
+            raise file_error(path, WHAT, f"{where}: {key!r} is missing; expected {ALPACA_RECORD}")
+    for key in ("instruction", "input", "output"):
+        value = record.get(key)
+        if key in record and not isinstance(value, str) and not (key == "input" and value is None):
+            raise file_error(path, WHAT, f"{where}: {key!r} is {json_type(value)}, not a string; expected {ALPACA_RECORD}")
 
 
 def alpaca_prompt(record: dict) -> str:
@@ -59,13 +126,26 @@ def alpaca_prompt(record: dict) -> str:
 
 
 def calibration_samples(config: CalibrationConfig, tokenizer) -> list[torch.Tensor]:
-    """``config.samples`` tensors of shape ``(1, seq_len)``, deterministic under ``config.seed``."""
+    """``config.samples`` tensors of shape ``(1, seq_len)``, deterministic under ``config.seed``.
+
+    Raises :class:`~pruners.errors.InputFileError` for a file :func:`read_documents` refuses, or
+    one holding fewer than ``samples * seq_len`` tokens (BOS included); UsageError without a source.
+    """
     if config.source is None:
-        raise ValueError("calibration needs a source file (CLI: --calibration FILE)")
+        raise UsageError("calibration needs a source file (CLI: --calibration FILE)")
     docs = read_documents(config.source)
     rng = np.random.default_rng(config.seed)
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     encoded = [bos + tokenizer(d, add_special_tokens=False, verbose=False)["input_ids"] for d in docs]
+    total, need = sum(len(ids) for ids in encoded), config.samples * config.seq_len
+    if need > total:
+        most = total // config.seq_len
+        short = f" (fewer than seq_len={config.seq_len})" if most == 0 else ""
+        raise file_error(
+            config.source, WHAT,
+            f"holds {total} tokens: at most {most} samples of seq_len {config.seq_len}{short}, but {config.samples} were "
+            f"asked for ({config.samples} x {config.seq_len} = {need} tokens); give a longer file, fewer samples or a shorter seq_len",
+        )
     long_enough = [ids for ids in encoded if len(ids) >= config.seq_len]
     if not long_enough:  # short documents: one stream, windows anywhere
         stream = [t for ids in encoded for t in ids]

@@ -51,23 +51,39 @@ class RunConfig(PruneConfig):
 
 
 def read_run_file(path: str | Path) -> dict[str, Any]:
-    """The mapping in a YAML (``.yaml``/``.yml``) or JSON run file."""
+    """The mapping in a YAML (``.yaml``/``.yml``) or JSON (``.json``) run file.
+
+    Raises :class:`~pruners.errors.InputFileError` (a ValueError), one line naming the file, for
+    a file that is missing (then also a FileNotFoundError), a directory, empty, binary or not
+    UTF-8, has another suffix, does not parse, or does not hold a mapping.
+    """
+    from .text_input import MissingInputFileError, file_error, json_error, one_line, read_text
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"run config {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    expected = "a YAML or JSON mapping of options"
+    if not path.exists():
+        raise file_error(path, "run config", f"does not exist; expected a file of {expected}", MissingInputFileError)
+    if suffix not in (".yaml", ".yml", ".json") and not path.is_dir():
+        raise file_error(path, "run config", f"has suffix {path.suffix or '(none)'!r}; valid run files are .yaml, .yml or .json")
+    text = read_text(path, "run config", expected)
     try:
-        if path.suffix in (".yaml", ".yml"):
+        if suffix in (".yaml", ".yml"):
             import yaml
 
             data = yaml.safe_load(text)
         else:
             data = json.loads(text)
-    except Exception as e:  # yaml.YAMLError, json.JSONDecodeError
-        first = str(e).strip().splitlines()[0]
-        raise ValueError(f"run config {str(path)!r} does not parse: {first}") from e
+    except Exception as e:  # yaml.YAMLError (or a constructor's ValueError), json.JSONDecodeError, RecursionError
+        mark = getattr(e, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+            first = f"{one_line(getattr(e, 'problem', None) or e)}{where}"
+        elif isinstance(e, json.JSONDecodeError | RecursionError):
+            first = json_error(e)
+        else:
+            first = one_line(e) or type(e).__name__
+        raise file_error(path, "run config", f"does not parse: {first}") from e
     if not isinstance(data, dict):
-        raise ValueError(  # noqa: TRY004  (a bad file, reported like one that does not parse)
-            f"run config {str(path)!r} must hold a mapping of options, got {type(data).__name__}"
-        )
+        raise file_error(path, "run config", f"must hold a mapping of options, got {type(data).__name__}")
     return data

@@ -9,14 +9,42 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import UsageError
+from ..text_input import file_error, read_text
+
 DOC_SEPARATOR = "<|endoftext|>"
+WHAT = "perplexity text file"
 
 
 def documents(path: str | Path) -> list[str]:
-    """Documents of a text file: split on ``<|endoftext|>`` when present, else the whole text."""
-    text = Path(path).read_text(encoding="utf-8")
+    """Documents of a text file: split on ``<|endoftext|>`` when present, else the whole text.
+
+    Raises :class:`~pruners.errors.InputFileError` (one line) for a file that is missing, a
+    directory, empty, only whitespace or separators, binary or not UTF-8.
+    """
+    text = read_text(path, WHAT)
     docs = text.split(DOC_SEPARATOR) if DOC_SEPARATOR in text else [text]
-    return [d.strip() for d in docs if d.strip()]
+    docs = [d.strip() for d in docs if d.strip()]
+    if not docs:
+        raise file_error(path, WHAT, f"holds no documents, only {DOC_SEPARATOR} separators; expected UTF-8 text")
+    return docs
+
+
+def check_numbers(seq_len: int | None = None, max_tokens: int | None = None) -> None:
+    """UsageError unless ``seq_len`` (None: the model's context) and ``max_tokens`` (None: all) are positive."""
+    if seq_len is not None and seq_len < 1:
+        raise UsageError(f"perplexity seq_len {seq_len} must be at least 1 token per window")
+    if max_tokens is not None and max_tokens < 1:
+        raise UsageError(f"perplexity max_tokens {max_tokens} must be positive (leave it out to score every token)")
+
+
+def check_text_file(path: str | Path, seq_len: int | None = None, max_tokens: int | None = None) -> int:
+    """The number of documents in ``path``, validating it and the numbers without a model or tokenizer.
+
+    Call before loading a model: the same errors as :func:`perplexity` would raise on its input.
+    """
+    check_numbers(seq_len, max_tokens)
+    return len(documents(path))
 
 
 def perplexity(
@@ -31,14 +59,17 @@ def perplexity(
     """Token-level perplexity: each document gets a BOS and is scored in windows of ``seq_len``.
 
     A file without ``<|endoftext|>`` markers is one document (WikiText-2, PTB: the usual
-    stream evaluation in non-overlapping windows).  Full windows are batched.
+    stream evaluation in non-overlapping windows).  Full windows are batched.  Bad numbers
+    (``seq_len`` < 1, ``max_tokens`` < 1) are UsageError, a bad file InputFileError, both before any work.
     """
+    check_numbers(seq_len, max_tokens)
+    docs = documents(path)
     ctx = getattr(model.config, "max_position_embeddings", 2048)
     seq_len = min(seq_len or ctx, ctx)
     bos = tokenizer.bos_token_id
     windows: list[list[int]] = []
     count = 0
-    for doc in documents(path):
+    for doc in docs:
         ids = tokenizer(doc, add_special_tokens=False, verbose=False)["input_ids"]  # windowed below
         if bos is not None:
             ids = [bos] + ids
@@ -48,7 +79,7 @@ def perplexity(
                 windows.append(w)
                 count += len(w) - 1
     if not windows:
-        raise ValueError(f"{path} contains no text to evaluate")
+        raise file_error(path, WHAT, "holds no tokens to evaluate; expected UTF-8 text")
     device = next(model.parameters()).device
     full = [w for w in windows if len(w) == seq_len + 1]
     batches = [full[i : i + batch_size] for i in range(0, len(full), batch_size)] + [[w] for w in windows if len(w) != seq_len + 1]

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from depgraph import meta_copy, trace
 from depgraph.groups import Group, find_groups
 
-from .calibration import CalibrationConfig, calibration_samples
+from .calibration import MAX_SEED, CalibrationConfig, calibration_samples
+from .errors import NonFiniteError
 from .executor import PruneRecord, execute
 from .importance import (
     AGGREGATIONS,
@@ -32,7 +33,7 @@ from .importance import (
     make_estimator,
     needs_of,
 )
-from .planner import LayerBound, Plan, PlannerConfig, PruneTarget, make_plan, select_groups
+from .planner import LayerRange, Plan, PlannerConfig, PruneTarget, make_plan, select_groups
 
 
 class PruneConfig(PruneTarget):
@@ -41,12 +42,15 @@ class PruneConfig(PruneTarget):
     importance: str = Field("l2", description="registered importance estimator (see `depprune prune --help`)")
     aggregation: str = Field("sum", description="how member scores combine into one score per unit")
     strategy: Literal["uniform", "global"] = Field("uniform", description="uniform per-group ratio, or global ranking")
-    layers: tuple[LayerBound, LayerBound] | None = Field(
-        None, description="[start, end) layers to prune: indices (negative from the end) or fractions"
+    layers: LayerRange | None = Field(
+        None, description="[start, end) layers to prune: indices (negative from the end) or fractions in [0, 1]"
     )
     min_units: int = Field(1, ge=1, description="units every pruned group keeps at least")
     round_to: int = Field(1, ge=1, description="round kept units per group to a multiple of this")
-    seed: int = Field(0, description="seed for random importance and any sampling")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed for random importance and any sampling, in [0, 2**32 - 1]")
+    allow_nonfinite: bool = Field(
+        False, description="go on when weights, scores or the pruned model's logits hold NaN/Inf (default: refuse)"
+    )
     calibration: CalibrationConfig = Field(
         default_factory=CalibrationConfig, description="calibration data for gradient/activation estimators"
     )
@@ -131,6 +135,11 @@ def score_groups(
     return {gid: aggregate(aggregation, r).numpy() for gid, r in rows.items()}
 
 
+def run_samples(config: PruneConfig, tokenizer) -> list[torch.Tensor]:
+    """The calibration samples of a run: ``config.calibration`` drawn under the run's ``seed``."""
+    return calibration_samples(config.calibration.model_copy(update={"seed": config.seed}), tokenizer)
+
+
 def check_feasible(groups: list[Group], config: PruneConfig, total_params: int) -> Plan:
     """Plan with dummy scores: raises :class:`~pruners.executor.PlanError` before any weight is read.
 
@@ -141,24 +150,76 @@ def check_feasible(groups: list[Group], config: PruneConfig, total_params: int) 
     return make_plan(groups, dummy, planner, total_params)
 
 
-def prune(model: nn.Module, config: PruneConfig, progress: bool = True, analysis=None, tokenizer=None) -> PruneResult:
+def prune(
+    model: nn.Module,
+    config: PruneConfig,
+    progress: bool = True,
+    analysis=None,
+    tokenizer=None,
+    samples: list[torch.Tensor] | None = None,
+) -> PruneResult:
     """Prune a copy of ``model`` as ``config`` says; ``model`` itself is never modified.
 
     ``analysis`` may pass a ``(trace, groups)`` pair from :func:`analyze` of a model with the
     same structure (e.g. its meta copy) to skip tracing again.  ``tokenizer`` is needed when
-    the estimator reads calibration data (``config.calibration.source``).
+    the estimator reads calibration data (``config.calibration.source``), unless the
+    calibration ``samples`` (:func:`calibration_samples` of the config) are passed.
+    NaN/Inf in the source or pruned model's logits, or in the scores, raise
+    :class:`~pruners.errors.NonFiniteError` unless ``config.allow_nonfinite``.
     """
-    samples = None
-    if needs_of(make_estimator(config.importance)):
+    if samples is None and needs_of(make_estimator(config.importance)):
         if tokenizer is None or config.calibration.source is None:
             raise ValueError(f"importance {config.importance!r} needs calibration data: a tokenizer and calibration.source")
-        samples = calibration_samples(config.calibration.model_copy(update={"seed": config.seed}), tokenizer)
+        samples = run_samples(config, tokenizer)
     torch.manual_seed(config.seed)
     tr, groups = analysis if analysis is not None else analyze(model)
     before = count_params(model)
     planner = config.planner()
     chosen = select_groups(groups, planner.kinds, planner.layers)
+    probe = samples[0] if samples else probe_tokens(model)
+    if not config.allow_nonfinite:
+        check_finite_logits(model, probe, "the source model")
     scores = score_groups(model, chosen, config.importance, config.aggregation, config.seed, progress, samples)
+    if not config.allow_nonfinite:
+        check_finite_scores(scores, config.importance)
     plan = make_plan(groups, scores, planner, before)
     pruned, record = execute(model, tr, groups, plan.keep)
+    if not config.allow_nonfinite:
+        check_finite_logits(pruned, probe, "the pruned model")
     return PruneResult(pruned, record, plan, groups, before, count_params(pruned))
+
+
+def check_finite_scores(scores: dict[str, np.ndarray], importance: str) -> None:
+    """Refuse NaN/Inf unit scores: a plan from them would be decided by tie-breaking, not importance.
+
+    >>> check_finite_scores({"mlp_channel@0": np.array([1.0, np.inf])}, "l2")
+    Traceback (most recent call last):
+    ...
+    pruners.errors.NonFiniteError: importance 'l2' gave non-finite scores to 1 of 2 units of mlp_channel@0 (the weights or calibration signals overflow or hold NaN); pass --allow-nonfinite to prune anyway
+    """
+    for gid, s in scores.items():
+        bad = int((~np.isfinite(s)).sum())
+        if bad:
+            raise NonFiniteError(
+                f"importance {importance!r} gave non-finite scores to {bad} of {s.size} units of {gid} "
+                "(the weights or calibration signals overflow or hold NaN); pass --allow-nonfinite to prune anyway"
+            )
+
+
+def probe_tokens(model: nn.Module, length: int = 16) -> torch.Tensor:
+    """A fixed ``(1, length)`` batch of token ids (seeded) for checking a model's logits."""
+    vocab = model.get_input_embeddings().weight.shape[0]
+    return torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(0))
+
+
+def check_finite_logits(model: nn.Module, ids: torch.Tensor, what: str) -> None:
+    """Refuse a model whose logits on ``ids`` hold NaN/Inf (``what`` names it in the message)."""
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        logits = model(ids.to(device)).logits  # (1, T, vocab)
+    bad = int((~torch.isfinite(logits)).sum())
+    if bad:
+        raise NonFiniteError(
+            f"{what} gives non-finite logits ({bad} of {logits.numel()} values on a {ids.shape[1]}-token probe); "
+            "pass --allow-nonfinite to save it anyway"
+        )

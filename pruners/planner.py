@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal, get_args
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from depgraph.groups import Group
 
@@ -27,6 +27,16 @@ KIND_NAMES: tuple[str, ...] = get_args(KindName)
 
 LayerBound = int | float
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+def _fractions_in_range(bounds: tuple[LayerBound, LayerBound]) -> tuple[LayerBound, LayerBound]:
+    for b in bounds:
+        if isinstance(b, float) and not 0.0 <= b <= 1.0:
+            raise ValueError(f"a fractional layer bound must be in [0, 1], got {b}")
+    return bounds
+
+
+LayerRange = Annotated[tuple[LayerBound, LayerBound], AfterValidator(_fractions_in_range)]
 
 
 def check_kinds(kinds: Sequence[str]) -> list[str]:
@@ -100,22 +110,13 @@ class PlannerConfig(PruneTarget):
         description="uniform: every planned group (of a kind) loses the same fraction of units; "
         "global: the lowest scores across layers go first (scores normalised by each group's mean)",
     )
-    layers: tuple[LayerBound, LayerBound] | None = Field(
+    layers: LayerRange | None = Field(
         None,
         description="layers to prune, [start, end): integers are indices (negative counts from the end), "
         "floats in [0, 1] are fractions of the depth; LLM-Pruner's 'keep the first 4 and last 2' is [4, -2]",
     )
     min_units: int = Field(1, ge=1, description="units every pruned group keeps at least")
     round_to: int = Field(1, ge=1, description="round each group's kept units to a multiple of this (hardware-friendly)")
-
-    @field_validator("layers")
-    @classmethod
-    def _fractions_in_range(cls, v):
-        if v is not None:
-            for b in v:
-                if isinstance(b, float) and not 0.0 <= b <= 1.0:
-                    raise ValueError(f"a fractional layer bound must be in [0, 1], got {b}")
-        return v
 
 
 def resolve_layers(bounds: tuple[LayerBound, LayerBound] | None, n_layers: int) -> set[int]:
@@ -125,6 +126,10 @@ def resolve_layers(bounds: tuple[LayerBound, LayerBound] | None, n_layers: int) 
     ([4, 5], 29)
     >>> sorted(resolve_layers((0.5, 1.0), 8))
     [4, 5, 6, 7]
+    >>> resolve_layers((-100, -2), 8)
+    Traceback (most recent call last):
+    ...
+    pruners.executor.PlanError: layer bound -100 is out of range for a model with 8 layers: use an index in -8..8 or a fraction in [0, 1]
     """
     if bounds is None:
         return set(range(n_layers))
@@ -132,9 +137,14 @@ def resolve_layers(bounds: tuple[LayerBound, LayerBound] | None, n_layers: int) 
     def idx(b: LayerBound) -> int:
         if isinstance(b, float):
             return round(b * n_layers)
+        if not -n_layers <= b <= n_layers:
+            raise PlanError(
+                f"layer bound {b} is out of range for a model with {n_layers} layers: "
+                f"use an index in {-n_layers}..{n_layers} or a fraction in [0, 1]"
+            )
         return b + n_layers if b < 0 else b
 
-    start, end = (max(0, min(n_layers, idx(b))) for b in bounds)
+    start, end = (idx(b) for b in bounds)
     if start >= end:
         raise PlanError(f"layer range {list(bounds)} selects no layer of {n_layers}")
     return set(range(start, end))

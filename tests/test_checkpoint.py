@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pruners.checkpoint import load_model, save_pruned
+from pruners.errors import OutputError
 from pruners.pipeline import PruneConfig, prune
 
 STORIES = Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K"
@@ -68,11 +69,16 @@ def test_existing_output_is_kept_without_force(source, tmp_path):
     out = tmp_path / "o"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="--force"):
+    with pytest.raises(OutputError, match="--force"):
         save_pruned(result.model, out, result.record)
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    with pytest.raises(OutputError, match="not written by depprune"):  # --force replaces only depprune's output
+        save_pruned(result.model, out, result.record, force=True)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    (out / "notes.txt").unlink()
+    save_pruned(result.model, out, result.record)
     save_pruned(result.model, out, result.record, force=True)
-    assert (out / "config.json").is_file() and not (out / "notes.txt").exists()
+    assert (out / "config.json").is_file()
 
 
 def test_failed_save_leaves_nothing_behind(source, tmp_path, monkeypatch):

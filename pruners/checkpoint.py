@@ -11,10 +11,10 @@ a temporary directory renamed into place, so a failure never leaves a partial ou
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -22,9 +22,22 @@ from torch import nn
 
 from .errors import ModelSourceError
 from .executor import PruneRecord, _get
+from .model_files import (
+    check_config,
+    check_config_dict,
+    check_finite,
+    check_weights,
+    custom_code,
+    describe_dangling,
+    first_line,
+    has_safetensors,
+    mismatch_error,
+    read_safetensors_header,
+)
+from .output_dir import OutputDir
 
 FORMAT = 1
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")  # loadable weights: safetensors only, never pickles
 BUFFER_FILE = "depprune_buffers.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt")
 
@@ -32,28 +45,38 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def check_model_dir(path: str | os.PathLike, weights: bool = True) -> Path:
+def check_model_dir(path: str | os.PathLike, weights: bool = True, trust_remote_code: bool = False) -> Path:
     """A directory with a ``config.json``, or a clear error naming what is wrong.
 
     A Hugging Face hub id (``org/name``) that is not a local path is downloaded to the hub
-    cache first (config and tokenizer only when ``weights`` is false).
+    cache first (config and tokenizer only when ``weights`` is false; safetensors weights, never
+    pickles; Python files only with ``trust_remote_code``).  A symbolic link to a model directory
+    is fine; a dangling one is reported as such.
     """
     p = Path(path)
+    dangling = describe_dangling(p)
+    if dangling:
+        raise ModelSourceError(f"model directory {str(path)!r} does not exist ({dangling})")
     if not p.exists() and HUB_ID.match(str(path)):
-        return _from_hub(str(path), weights)
+        return _from_hub(str(path), weights, trust_remote_code)
     if not p.exists():
         raise ModelSourceError(f"model directory {str(path)!r} does not exist")
     if not p.is_dir():
         raise ModelSourceError(f"model path {str(path)!r} is not a directory")
-    if not (p / "config.json").is_file():
-        raise ModelSourceError(f"{str(path)!r} is not a model directory: it has no config.json")
+    config = p / "config.json"
+    if not config.is_file():
+        dangling = describe_dangling(config)
+        why = f"its config.json is a {dangling}" if dangling else "it has no config.json"
+        raise ModelSourceError(f"{str(path)!r} is not a model directory: {why}")
     return p
 
 
-def _from_hub(repo_id: str, weights: bool) -> Path:
+def _from_hub(repo_id: str, weights: bool, trust_remote_code: bool = False) -> Path:
     from huggingface_hub import snapshot_download
 
     patterns = ["*.json", "tokenizer*", "*.model", "*.txt"] + (["*.safetensors"] if weights else [])
+    if trust_remote_code:
+        patterns.append("*.py")
     try:
         return check_model_dir(snapshot_download(repo_id, allow_patterns=patterns))
     except ModelSourceError:
@@ -66,47 +89,175 @@ def _from_hub(repo_id: str, weights: bool) -> Path:
 
 
 def has_weights(path: Path) -> bool:
-    return any((path / f).exists() for f in WEIGHT_FILES)
+    """Whether ``path`` has safetensors weights to load (``model.safetensors`` or its index; pickles do not count).
+
+    :func:`check_weights` validates them (and refuses a directory holding only pickled weights).
+    """
+    return has_safetensors(Path(path))
 
 
 def _read_config(path: Path) -> dict:
+    """``config.json`` parsed and checked (a JSON object with a ``model_type`` and sane sizes)."""
+    where = path / "config.json"
     try:
-        return json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise ModelSourceError(f"{path / 'config.json'} is not valid JSON: {e}") from e
+        raw = json.loads(where.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ModelSourceError(f"{where} is not valid JSON: {first_line(e, 160)}") from None
+    except OSError as e:
+        raise ModelSourceError(f"{where} cannot be read: {first_line(e, 160)}") from None
+    return check_config_dict(raw, str(where))
 
 
 def load_model(
-    path: str | os.PathLike, device: str = "cpu", weights: bool = True, attn_implementation: str | None = None
+    path: str | os.PathLike,
+    device: str = "cpu",
+    weights: bool = True,
+    attn_implementation: str | None = None,
+    *,
+    trust_remote_code: bool = False,
+    allow_nonfinite: bool = False,
 ) -> nn.Module:
     """Load a causal LM from a directory (plain HF or depprune output) in fp32, in eval mode.
 
     With ``weights=False`` or a directory holding only ``config.json``, the model is built on
     the meta device: nothing is allocated, so any size can be inspected.  ``attn_implementation``
     (``"eager"``, ``"sdpa"``) is passed to transformers, which does not store it in the config.
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    p = check_model_dir(path, weights)
+    Python code shipped with the model (``auto_map``, a model type transformers does not know) is
+    imported only with ``trust_remote_code=True``; weights are read from safetensors only (never
+    unpickled), their headers validated first, and they must match ``config.json`` exactly
+    (missing, unexpected and mis-shaped tensors are errors; tied weights are not).  Loaded weights
+    holding NaN/Inf raise :class:`~pruners.errors.NonFiniteError` unless ``allow_nonfinite``.
+    Everything else wrong with the directory is a one-line :class:`~pruners.errors.ModelSourceError`.
+    """
+    trust = bool(trust_remote_code)
+    p = check_model_dir(path, weights, trust)
     raw = _read_config(p)
-    try:
-        config = AutoConfig.from_pretrained(p)
-    except Exception as e:
-        raise ModelSourceError(f"{str(path)!r}: transformers cannot read its config: {e}") from e
-    load_weights = weights and has_weights(p)
+    where = p / "config.json"
+    reason = custom_code(raw, str(where))
+    if reason and not trust:
+        raise ModelSourceError(reason)
+    tensors = check_weights(p) if weights else {}  # refuses pickle-only and corrupt weights
+    load_weights = weights and has_weights(p)  # a valid file without tensors still fails below
+    config = _hf_config(p, trust)
     attn = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if "depprune" in raw or not load_weights:
         # weights come later: build on meta, or on the device when non-persistent buffers
         # (rotary inv_freq) must be computed for real
-        with torch.device(device if load_weights else "meta"):
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, **attn)
+        model = _build(config, where, device if load_weights else "meta", trust, attn)
         if "depprune" in raw:
-            apply_record(model, raw["depprune"])
+            try:
+                apply_record(model, raw["depprune"])
+            except ModelSourceError:
+                raise
+            except Exception as e:  # a hand-edited or truncated record
+                raise ModelSourceError(f"{where}: its depprune record cannot be applied: {first_line(e)}") from e
         if load_weights:
-            _load_state(model, p, device)
+            _load_state(model, p, device, tensors)
     else:
-        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32, **attn).to(device)
+        model = _from_pretrained(p, trust, attn).to(device)
+    if load_weights and not allow_nonfinite:
+        check_finite(model, p)
     return model.eval()
+
+
+def _hf_config(p: Path, trust: bool):
+    """transformers' config object for ``p``, any failure as one line."""
+    from transformers import AutoConfig
+
+    where = p / "config.json"
+    try:
+        config = AutoConfig.from_pretrained(p, trust_remote_code=trust)
+    except Exception as e:
+        raise ModelSourceError(f"transformers cannot read {where}: {first_line(e)}") from e
+    check_config(config, f"{where} (as transformers reads it)")
+    return config
+
+
+def _build(config, where: Path, device: str, trust: bool, attn: dict) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device(device):
+            return AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust, **attn)
+    except Exception as e:
+        raise ModelSourceError(f"transformers cannot build a model from {where}: {first_line(e)}") from e
+
+
+class _NoLoadReport(logging.Filter):
+    """Drop transformers' printed LOAD REPORT table: :func:`_from_pretrained` raises on its content instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+
+def _from_pretrained(p: Path, trust: bool, attn: dict) -> nn.Module:
+    """``AutoModelForCausalLM.from_pretrained`` from safetensors only, its loading report turned into errors."""
+    from transformers import AutoModelForCausalLM
+
+    logger = logging.getLogger("transformers.modeling_utils")
+    quiet = _NoLoadReport()
+    logger.addFilter(quiet)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            p, dtype=torch.float32, use_safetensors=True, trust_remote_code=trust, output_loading_info=True,
+            ignore_mismatched_sizes=True,  # reported below instead of raised after a printed table
+            **attn,
+        )
+    except ModelSourceError:
+        raise
+    except Exception as e:
+        raise ModelSourceError(f"transformers cannot load a model from {p}: {first_line(e)}") from e
+    finally:
+        logger.removeFilter(quiet)
+    err = mismatch_error(p, info.get("missing_keys"), info.get("unexpected_keys"), info.get("mismatched_keys"))
+    if err:
+        raise err
+    if info.get("error_msgs"):
+        raise ModelSourceError(f"transformers cannot load the weights in {p}: {first_line(Exception(info['error_msgs'][0]))}")
+    return model
+
+
+def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
+    """``AutoTokenizer.from_pretrained(path)``, importing no code shipped with it unless ``trust_remote_code``.
+
+    A ``tokenizer_config.json`` (or ``config.json``) with a tokenizer ``auto_map`` is refused
+    without it; any failure to load is one :class:`~pruners.errors.ModelSourceError` line.
+    """
+    from transformers import AutoTokenizer
+
+    trust = bool(trust_remote_code)
+    p = Path(path)
+    dangling = describe_dangling(p)
+    if dangling:
+        raise ModelSourceError(f"tokenizer directory {str(path)!r} does not exist ({dangling})")
+    if not p.exists() and HUB_ID.match(str(path)):
+        p = _from_hub(str(path), weights=False, trust_remote_code=trust)
+    if not p.exists():
+        raise ModelSourceError(f"tokenizer directory {str(path)!r} does not exist")
+    if not p.is_dir():
+        raise ModelSourceError(f"tokenizer path {str(path)!r} is not a directory")
+    for name in ("tokenizer_config.json", "config.json"):
+        f = p / name
+        if not f.is_file():
+            continue
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, OSError) as e:
+            raise ModelSourceError(f"{f} is not valid JSON: {first_line(e, 160)}") from None
+        if not isinstance(data, dict):
+            raise ModelSourceError(f"{f} is not a JSON object (it holds a JSON {type(data).__name__})")
+        auto_map = data.get("auto_map")
+        if name == "config.json":  # a model's auto_map matters here only for its tokenizer entry
+            auto_map = {"AutoTokenizer": auto_map["AutoTokenizer"]} if isinstance(auto_map, dict) and auto_map.get(
+                "AutoTokenizer") else None
+        reason = custom_code({"auto_map": auto_map}, str(f), what="tokenizer")
+        if reason and not trust:
+            raise ModelSourceError(reason)
+    try:
+        return AutoTokenizer.from_pretrained(p, trust_remote_code=trust)
+    except Exception as e:
+        raise ModelSourceError(f"cannot load a tokenizer from {p}: {first_line(e)}") from e
 
 
 def apply_record(model: nn.Module, section: dict) -> None:
@@ -140,20 +291,37 @@ def _alias_names(params: dict, name: str) -> list[str]:
     return [n for n, p in params.items() if p is target] if target is not None else []
 
 
-def _load_state(model: nn.Module, path: Path, device: str) -> None:
+def _load_state(model: nn.Module, path: Path, device: str, tensors: dict | None = None) -> None:
+    """Load the safetensors weights of ``path`` (``tensors``: their validated headers, from
+    :func:`check_weights`) into ``model``, which must expect exactly these names and shapes.
+
+    Tied weights (one Parameter under several names) are stored once under any of their names;
+    non-persistent buffers are not expected; ``depprune_buffers.safetensors`` restores computed ones.
+    """
     from safetensors.torch import load_file
 
-    files = sorted(f for f in path.glob("*.safetensors") if f.name != BUFFER_FILE)
-    if not files:
-        raise ModelSourceError(f"{path} holds no safetensors weights")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(str(f), device=device))
+    tensors = check_weights(path) if tensors is None else tensors
+    if not tensors:
+        what = "its safetensors files hold no tensors" if has_weights(path) else "it holds no safetensors weights"
+        raise ModelSourceError(f"{path}: {what} (expected model.safetensors or model.safetensors.index.json)")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
     groups: dict[int, list[str]] = {}  # tied weights: one Parameter under several names, stored once
     for name, prm in model.named_parameters(remove_duplicate=False):
         groups.setdefault(id(prm), []).append(name)
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    missing = set(missing)
+    tied = {n: names for names in groups.values() for n in names}
+    missing = [k for k in expected if k not in tensors and not any(a in tensors for a in tied.get(k, ()))]
+    unexpected = [k for k in tensors if k not in expected]
+    mismatched = [(k, tensors[k].shape, expected[k]) for k in tensors if k in expected and tensors[k].shape != expected[k]]
+    err = mismatch_error(path, missing, unexpected, mismatched)
+    if err:
+        raise err
+    state: dict[str, torch.Tensor] = {}
+    for f in sorted({t.file for t in tensors.values()}):
+        try:
+            state.update(load_file(str(f), device=device))
+        except Exception as e:  # the header was valid; the data could not be read
+            raise ModelSourceError(f"not a valid safetensors file: {f} ({first_line(e, 160)})") from e
+    model.load_state_dict(state, strict=False, assign=True)
     for names in groups.values():
         loaded = [n for n in names if n in state]
         if loaded:
@@ -161,13 +329,14 @@ def _load_state(model: nn.Module, path: Path, device: str) -> None:
             for n in names:
                 mod, attr = _get(model, n)
                 setattr(mod, attr, getattr(source_mod, source_attr))
-                missing.discard(n)
-    if missing or unexpected:
-        raise ModelSourceError(
-            f"{path}: weights do not match the pruned architecture (missing {sorted(missing)[:5]}, unexpected {unexpected[:5]})"
-        )
-    if (path / BUFFER_FILE).is_file():
-        for name, value in load_file(str(path / BUFFER_FILE), device=device).items():
+    buffers = path / BUFFER_FILE
+    if buffers.is_file() or buffers.is_symlink():
+        header = read_safetensors_header(buffers)
+        known = dict(model.named_buffers())
+        wrong = [n for n in header if n not in known]
+        if wrong:
+            raise ModelSourceError(f"{buffers}: the model has no buffers named {', '.join(sorted(wrong)[:5])}")
+        for name, value in load_file(str(buffers), device=device).items():
             mod, attr = _get(model, name)
             mod._buffers[attr] = value
 
@@ -186,46 +355,86 @@ def save_pruned(
     force: bool = False,
     run: dict | None = None,
 ) -> Path:
-    """Write the pruned model to ``out`` atomically (temporary directory, then rename).
+    """Write the pruned model to ``out`` safely, through :class:`pruners.output_dir.OutputDir`.
 
-    ``run`` (JSON-serialisable: the run config and its outcome) is kept in ``config.json`` under
-    ``depprune.run``, so a checkpoint says how it was made.
+    ``out`` is checked and locked first; the files are written to a temporary directory beside it
+    and swapped in atomically.  ``force`` replaces only a directory depprune wrote; ``out`` may not
+    overlap ``source``.  ``run`` (JSON-serialisable: the run config and its outcome) is kept in
+    ``config.json`` under ``depprune.run``, so a checkpoint says how it was made.  Raises
+    :class:`pruners.errors.OutputError` when ``out`` cannot be written without risking other data.
     """
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise FileExistsError(f"output {str(out)!r} exists and is not empty; pass --force to overwrite it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        # weights under the model's own parameter names (save_pretrained may rename keys to
-        # legacy ones, e.g. GPT-NeoX's lm_head -> embed_out); tied weights are stored once
-        from safetensors.torch import save_model
+    with OutputDir(out, force=force, inputs=[source]) as od:
+        return od.write(lambda tmp: write_pruned(model, tmp, record, source, run))
 
-        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        model.config.save_pretrained(tmp)
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(tmp)
-        computed = computed_buffers(model)
-        if computed:  # non-persistent buffers (rotary tables, scales) may have been sliced: keep their values
-            from safetensors.torch import save_file
 
-            save_file({n: b.detach().contiguous().cpu() for n, b in computed.items()}, str(tmp / BUFFER_FILE))
-        cfg = json.loads((tmp / "config.json").read_text())
-        # config.json carries the pruned sizes when the architecture can express them (then any
-        # transformers install loads it); the record always lets load_model rebuild per-layer sizes
-        cfg["depprune"] = {"format": FORMAT, "hf_loadable": bool(record.config), "record": record.to_dict()}
-        if run is not None:
-            cfg["depprune"]["run"] = run
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-        if source is not None:
-            for f in TOKENIZER_FILES:
-                if (Path(source) / f).is_file():
-                    shutil.copy2(Path(source) / f, tmp / f)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+def write_pruned(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    record: PruneRecord,
+    source: str | os.PathLike | None = None,
+    run: dict | None = None,
+) -> None:
+    """Fill the existing (empty) ``directory`` with the pruned model: weights, config, tokenizer files.
 
+    Deterministic: the same model gives byte-identical files in any process.
+    """
+    directory = Path(directory)
+    save_state(model, directory / "model.safetensors")
+    model.config.save_pretrained(directory)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(directory)
+    computed = computed_buffers(model)
+    if computed:  # non-persistent buffers (rotary tables, scales) may have been sliced: keep their values
+        from safetensors.torch import save_file
+
+        save_file({n: b.detach().contiguous().cpu() for n, b in computed.items()}, str(directory / BUFFER_FILE))
+    cfg = json.loads((directory / "config.json").read_text())
+    # config.json carries the pruned sizes when the architecture can express them (then any
+    # transformers install loads it); the record always lets load_model rebuild per-layer sizes
+    cfg["depprune"] = {"format": FORMAT, "hf_loadable": bool(record.config), "record": record.to_dict()}
+    if run is not None:
+        cfg["depprune"]["run"] = run
+    (directory / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    if source is not None:
+        for f in TOKENIZER_FILES:
+            if (Path(source) / f).is_file():
+                shutil.copyfile(Path(source) / f, directory / f)
+
+
+def state_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with tied weights kept once, under the alphabetically first of their names.
+
+    ``safetensors.torch.save_model`` records the dropped alias names in the header metadata, which
+    safetensors writes in a per-process hash order; here the aliases are simply left out (the
+    loaders re-tie them: :func:`_load_state` accepts any one of the names).  A tensor sharing
+    memory with another without being the same view is stored as a copy.
+
+    >>> lin = nn.Linear(2, 2, bias=False)
+    >>> m = nn.ModuleDict({"b": lin, "a": lin})
+    >>> sorted(state_to_save(m))
+    ['a.weight']
+    """
+    state = model.state_dict()
+    kept: dict[tuple, str] = {}
+    storages: set[tuple] = set()
+    tensors: dict[str, torch.Tensor] = {}
+    for name in sorted(state):
+        t = state[name].detach()
+        storage = (t.device, t.untyped_storage().data_ptr())
+        view = (*storage, t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if t.numel() and view in kept:
+            continue  # an alias (tied weight) of kept[view]
+        if t.numel() and storage in storages:
+            t = t.clone()
+        kept[view] = name
+        storages.add(storage)
+        tensors[name] = t.contiguous()
+    return tensors
+
+
+def save_state(model: nn.Module, path: str | os.PathLike) -> None:
+    """The weights under the model's own parameter names (``save_pretrained`` may rename keys to legacy
+    ones, e.g. GPT-NeoX's lm_head -> embed_out), tied weights once, no metadata but the format."""
+    from safetensors.torch import save_file
+
+    save_file(state_to_save(model), str(path), metadata={"format": "pt"})

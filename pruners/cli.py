@@ -4,33 +4,48 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import signal
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
+from .errors import DeppruneError, UsageError
 from .importance import AGGREGATIONS, ESTIMATORS
 
-EXIT_USAGE = 2
-
-
-class UsageError(Exception):
-    """Bad input: reported as one line on stderr with exit code 2."""
+EXIT_USAGE = 2  # bad input: one line on stderr, nothing written
+EXIT_INTERNAL = 1  # a bug: "internal error, please report"
+LINE_LIMIT = 400  # characters of an error message shown without --debug
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, not usage + message
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(message)
 
 
 def build_parser() -> Parser:
     p = Parser(prog="depprune", description="Structured pruning of causal language models.")
+    p.add_argument("--debug", action="store_true", help="show the traceback behind an error message")
+    common = Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback behind an error message")
+    common.add_argument(
+        "--trust-remote-code", action="store_true", default=False,
+        help="allow running Python code shipped in a model directory (auto_map / custom model_type); never by default",
+    )
+    nonfinite = Parser(add_help=False)
+    nonfinite.add_argument(
+        "--allow-nonfinite", action="store_true", default=None,
+        help="go on when weights, scores or logits hold NaN/Inf (default: refuse with an error)",
+    )
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    i = sub.add_parser("inspect", help="list the prunable groups of a model by kind and layer")
+    i = sub.add_parser("inspect", parents=[common], help="list the prunable groups of a model by kind and layer")
     i.add_argument("--model", required=True, help="model directory (config.json alone is enough: traced on meta)")
     i.add_argument("--json", action="store_true", help="print one JSON object")
 
-    ev = sub.add_parser("eval", help="perplexity, zero-shot accuracy and speed of one or more models, side by side")
+    ev = sub.add_parser("eval", parents=[common, nonfinite], help="perplexity, zero-shot accuracy and speed of one or more models, side by side")
     ev.add_argument("--model", nargs="+", required=True, help="model directories (e.g. the original and the pruned one)")
     ev.add_argument("--tokenizer", help="tokenizer directory (default: each model's own)")
     ev.add_argument("--ppl", nargs="+", default=[], metavar="FILE", help="text files for perplexity (WikiText-2, PTB, any text)")
@@ -45,7 +60,7 @@ def build_parser() -> Parser:
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
 
     pr = sub.add_parser(
-        "prune", help="prune a model, save it and print a before/after report",
+        "prune", parents=[common, nonfinite], help="prune a model, save it and print a before/after report",
         description="Options may come from --config (YAML/JSON, see pruners.run_config); flags given here override it. "
         "The target is --ratio (a fraction of parameters) or --kind-ratio (a fraction of units per kind), not both.",
     )
@@ -147,7 +162,7 @@ FLAG_KEYS = {
     "aggregation": ("aggregation",), "kinds": ("kinds",), "strategy": ("strategy",), "layers": ("layers",), "min_units": ("min_units",),
     "round_to": ("round_to",), "calibration": ("calibration", "source"), "calibration_samples": ("calibration", "samples"),
     "calibration_seq_len": ("calibration", "seq_len"), "out": ("out",), "force": ("force",), "eval_text": ("eval_text",),
-    "tokenizer": ("tokenizer",), "seed": ("seed",),
+    "tokenizer": ("tokenizer",), "seed": ("seed",), "allow_nonfinite": ("allow_nonfinite",),
 }
 
 
@@ -162,7 +177,7 @@ def run_config(args):
         try:
             data = read_run_file(args.config)
         except (FileNotFoundError, ValueError) as e:
-            raise UsageError(f"depprune prune: --config: {e}") from e
+            raise UsageError(f"--config: {e}") from e
     _target_from_command_line(args, data)
     for flag, path in FLAG_KEYS.items():
         value = getattr(args, flag)
@@ -174,25 +189,25 @@ def run_config(args):
         node[path[-1]] = value
     for required in ("model", "out"):
         if data.get(required) is None:
-            raise UsageError(f"depprune prune: --{required} is required (on the command line or in --config)")
+            raise UsageError(f"--{required} is required (on the command line or in --config)")
     if data.get("ratio") is None and data.get("kind_ratios") is None:
-        raise UsageError("depprune prune: one of --ratio / --kind-ratio is required (on the command line or in --config)")
+        raise UsageError("one of --ratio / --kind-ratio is required (on the command line or in --config)")
     _validate_prune(data)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         if not err["loc"]:  # a cross-field check, e.g. both ratio and kind_ratios in --config
-            raise UsageError(f"depprune prune: {err['msg'].removeprefix('Value error, ')}") from e
+            raise UsageError(f"{err['msg'].removeprefix('Value error, ')}") from e
         flag = "--" + "-".join(str(x) for x in err["loc"] if isinstance(x, str)).replace("_", "-")
-        raise UsageError(f"depprune prune: {flag} {err.get('input')!r}: {err['msg']}") from e
+        raise UsageError(f"{flag} {err.get('input')!r}: {err['msg']}") from e
 
 
 def _target_from_command_line(args, data: dict) -> None:
     """A target on the command line replaces the ``--config`` file's (``--kind-ratio`` its kinds too)."""
     if args.ratio is not None and args.kind_ratio:
         raise UsageError(
-            "depprune prune: give one target, --ratio (a fraction of parameters) or --kind-ratio (of units per kind), not both"
+            "give one target, --ratio (a fraction of parameters) or --kind-ratio (of units per kind), not both"
         )
     if args.kind_ratio:
         data.pop("ratio", None)
@@ -206,7 +221,7 @@ def _inspect(args) -> dict:
     from .checkpoint import load_model
     from .pipeline import analyze, count_params
 
-    model = load_model(args.model, weights=False)
+    model = load_model(args.model, weights=False, trust_remote_code=args.trust_remote_code)
     _, groups = analyze(model)
     return {"model": str(args.model), "params": count_params(model), "groups": [g.summary() for g in groups]}
 
@@ -224,74 +239,87 @@ def _print_inspect(report: dict) -> None:
 
 def _validate_prune(data: dict) -> None:
     """Checks with messages naming the flag; ``data`` is the merged run mapping (hub ids resolved here)."""
-    from .checkpoint import check_model_dir, has_weights
+    from .checkpoint import check_model_dir, check_weights
 
     ratio = data.get("ratio")
     if ratio is not None and (not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0):
-        raise UsageError(f"depprune prune: --ratio {ratio} is outside (0, 1): it is the fraction of parameters to remove")
+        raise UsageError(f"--ratio {ratio} is outside (0, 1): it is the fraction of parameters to remove")
     kind_ratios = data.get("kind_ratios")
     if kind_ratios is not None and (not isinstance(kind_ratios, dict) or not kind_ratios):
-        raise UsageError(f"depprune prune: kind_ratios {kind_ratios!r} must map kinds to fractions, e.g. {{mlp_channel: 0.5}}")
+        raise UsageError(f"kind_ratios {kind_ratios!r} must map kinds to fractions, e.g. {{mlp_channel: 0.5}}")
     try:
         for kind, value in (kind_ratios or {}).items():
             _kind_fraction(kind, value)
     except ValueError as e:
-        raise UsageError(f"depprune prune: --kind-ratio {e}") from e
+        raise UsageError(f"--kind-ratio {e}") from e
     importance = data.get("importance", "l2")
     if importance not in ESTIMATORS:
-        raise UsageError(f"depprune prune: unknown --importance {importance!r}; valid: {', '.join(sorted(ESTIMATORS))}")
+        raise UsageError(f"unknown --importance {importance!r}; valid: {', '.join(sorted(ESTIMATORS))}")
     aggregation = data.get("aggregation", "sum")
     if aggregation not in AGGREGATIONS:
-        raise UsageError(f"depprune prune: unknown --aggregation {aggregation!r}; valid: {', '.join(sorted(AGGREGATIONS))}")
+        raise UsageError(f"unknown --aggregation {aggregation!r}; valid: {', '.join(sorted(AGGREGATIONS))}")
     src = check_model_dir(data["model"])
     data["model"] = str(src)  # a hub id is now its local snapshot
-    if not has_weights(src):
-        raise UsageError(f"depprune prune: {data['model']!r} has a config but no weights to prune")
-    out = Path(data["out"])
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"depprune prune: --out {data['out']!r} exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not data.get("force"):
-        raise UsageError(f"depprune prune: --out {data['out']!r} exists and is not empty; pass --force to overwrite it")
-    if out.resolve() == src.resolve():
-        raise UsageError("depprune prune: --out must differ from --model (the source is never modified)")
-    if data.get("eval_text") and not Path(data["eval_text"]).is_file():
-        raise UsageError(f"depprune prune: --eval-text {data['eval_text']!r} is not a file")
+    if not check_weights(src):  # refuses pickles and corrupt files; empty: config only
+        raise UsageError(f"{data['model']!r} has a config but no weights to prune")
     from .importance import make_estimator, needs_of
 
     needs = needs_of(make_estimator(importance))
     source = (data.get("calibration") or {}).get("source")
     if needs and not source:
         raise UsageError(
-            f"depprune prune: --importance {importance} reads {', '.join(sorted(needs))} from calibration data; pass --calibration FILE"
+            f"--importance {importance} reads {', '.join(sorted(needs))} from calibration data; pass --calibration FILE"
         )
-    if source and not Path(source).is_file():
-        raise UsageError(f"depprune prune: --calibration {source!r} is not a file")
+
+
+def _check_input_files(cfg) -> None:
+    """Read and validate every input file of a run before any model is loaded (one-line errors)."""
+    from .calibration import check_calibration_file
+    from .eval.perplexity import check_text_file
+
+    if cfg.calibration.source:
+        check_calibration_file(cfg.calibration.source)
+    if cfg.eval_text:
+        check_text_file(cfg.eval_text)
 
 
 def _prune(args) -> dict:
-    from .checkpoint import load_model, save_pruned
-    from .executor import PlanError
-    from .pipeline import analyze, check_feasible, count_params, prune
+    """Check everything, reserve OUT, then load, prune, evaluate and write OUT in one swap."""
+    from .checkpoint import load_model, load_tokenizer, write_pruned
+    from .importance import make_estimator, needs_of
+    from .output_dir import OutputDir
+    from .pipeline import analyze, check_context, check_feasible, count_params, prune, run_samples
 
     cfg = run_config(args)
-    if args.quiet:
-        from transformers.utils import logging as hf_logging
+    _check_input_files(cfg)
+    trust = args.trust_remote_code
+    inputs = [cfg.model, cfg.tokenizer, cfg.calibration.source, cfg.eval_text, args.config]
+    with OutputDir(cfg.out, force=cfg.force, inputs=inputs, warn=_warn) as out:
+        skeleton = load_model(cfg.model, weights=False, trust_remote_code=trust)  # structure only, on meta
+        needs_data = bool(needs_of(make_estimator(cfg.importance)))
+        if needs_data:
+            check_context(cfg, skeleton)
+        tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, trust_remote_code=trust) if needs_data or cfg.eval_text else None
+        samples = run_samples(cfg, tokenizer) if needs_data else None  # too few tokens fails here, before any weight
+        analysis = analyze(skeleton)
+        check_feasible(analysis[1], cfg, count_params(skeleton))  # plan errors before loading weights
+        model = load_model(cfg.model, trust_remote_code=trust, allow_nonfinite=cfg.allow_nonfinite)
+        result = prune(model, cfg, progress=not args.quiet, analysis=analysis, samples=samples)
+        report = _prune_report(cfg, result)
+        if cfg.eval_text:
+            from .eval.perplexity import perplexity
 
-        hf_logging.disable_progress_bar()
-    skeleton = load_model(cfg.model, weights=False)  # structure only: plan errors before loading weights
-    analysis = analyze(skeleton)
-    try:
-        check_feasible(analysis[1], cfg, count_params(skeleton))
-        model = load_model(cfg.model)
-        tokenizer = None
-        if cfg.calibration.source or cfg.eval_text:
-            from transformers import AutoTokenizer
+            report["eval_text"] = cfg.eval_text
+            for key, m in (("ppl_before", model), ("ppl_after", result.model)):
+                report[key] = perplexity(m, tokenizer, cfg.eval_text, progress=not args.quiet)
+            _check_finite_metrics(report, ("ppl_before", "ppl_after"), cfg.allow_nonfinite)
+        run = {"config": cfg.model_dump(mode="json", exclude={"force"}), "report": report}
+        out.write(lambda tmp: write_pruned(result.model, tmp, result.record, source=cfg.tokenizer or cfg.model, run=run))
+    return report
 
-            tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.model)
-        result = prune(model, cfg, progress=not args.quiet, analysis=analysis, tokenizer=tokenizer)
-    except PlanError as e:
-        raise UsageError(f"depprune prune: {e}") from e
-    report = {
+
+def _prune_report(cfg, result) -> dict:
+    return {
         "model": cfg.model,
         "out": cfg.out,
         "importance": cfg.importance,
@@ -308,66 +336,70 @@ def _prune(args) -> dict:
         "group_ratio": round(result.plan.group_ratio, 6),
         "removed": result.plan.by_kind,
     }
-    if cfg.eval_text:
-        from .eval.perplexity import perplexity
 
-        report["eval_text"] = cfg.eval_text
-        report["ppl_before"] = perplexity(model, tokenizer, cfg.eval_text, progress=not args.quiet)
-        report["ppl_after"] = perplexity(result.model, tokenizer, cfg.eval_text, progress=not args.quiet)
-    run = {"config": cfg.model_dump(mode="json", exclude={"force"}), "report": report}
-    save_pruned(result.model, cfg.out, result.record, source=cfg.tokenizer or cfg.model, force=cfg.force, run=run)
-    return report
+
+def _check_finite_metrics(report: dict, keys, allow: bool, model: str | None = None) -> None:
+    """A NaN/Inf metric is refused (the model would be unusable) unless ``--allow-nonfinite``."""
+    from .errors import NonFiniteError
+
+    bad = [k for k in keys if not math.isfinite(report[k])]
+    if bad and not allow:
+        whose = f"{model}: " if model else ""
+        raise NonFiniteError(
+            f"{whose}{', '.join(f'{k} is {report[k]}' for k in bad)}: the model computes NaN/Inf; "
+            "pass --allow-nonfinite to report (and save) it anyway"
+        )
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _eval(args) -> dict:
-    from transformers import AutoTokenizer
-
-    from .checkpoint import load_model
-    from .eval import generation_speed, perplexity, read_openbookqa, read_piqa, zero_shot
+    """Every file and number checked first, then each model loaded and evaluated in turn."""
+    from .checkpoint import check_model_dir, load_model, load_tokenizer
+    from .eval import check_limit, check_text_file, generation_speed, perplexity, read_openbookqa, read_piqa, zero_shot
     from .pipeline import count_params
 
-    for f in args.ppl + [x for x in (args.piqa, args.openbookqa) if x]:
-        if not Path(f).is_file():
-            raise UsageError(f"depprune eval: {f!r} is not a file")
-    if args.seq_len < 1:
-        raise UsageError(f"depprune eval: --seq-len {args.seq_len} must be positive")
     if not (args.ppl or args.piqa or args.openbookqa or args.speed or args.lm_eval_tasks):
-        raise UsageError("depprune eval: nothing to evaluate; pass --ppl, --piqa, --openbookqa, --speed or --lm-eval-tasks")
+        raise UsageError("nothing to evaluate; pass --ppl, --piqa, --openbookqa, --speed or --lm-eval-tasks")
+    for f in args.ppl:
+        check_text_file(f, seq_len=args.seq_len, max_tokens=args.max_tokens)
+    check_limit(args.limit)
+    lm_eval_tasks = [t.strip() for t in (args.lm_eval_tasks or "").split(",") if t.strip()]
+    if args.lm_eval_tasks is not None and not lm_eval_tasks:
+        raise UsageError(f"--lm-eval-tasks {args.lm_eval_tasks!r} names no task; e.g. --lm-eval-tasks piqa,arc_easy")
     tasks = {}
-    try:
-        if args.piqa:
-            tasks["piqa"] = read_piqa(args.piqa)
-        if args.openbookqa:
-            tasks["openbookqa"] = read_openbookqa(args.openbookqa)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"depprune eval: {e}") from e
-    if args.quiet:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+    if args.piqa:
+        tasks["piqa"] = read_piqa(args.piqa)
+    if args.openbookqa:
+        tasks["openbookqa"] = read_openbookqa(args.openbookqa)
+    for path in args.model:  # every directory checked before the first is evaluated
+        check_model_dir(path)
+    trust = args.trust_remote_code
     results = {}
     for path in args.model:
-        model = load_model(path)
-        tok = AutoTokenizer.from_pretrained(args.tokenizer or path)
+        model = load_model(path, trust_remote_code=trust, allow_nonfinite=bool(args.allow_nonfinite))
+        tok = load_tokenizer(args.tokenizer or path, trust_remote_code=trust)
         r: dict = {"params": count_params(model)}
         for f in args.ppl:
-            r[f"ppl:{Path(f).name}@{args.seq_len}"] = perplexity(
-                model, tok, f, seq_len=args.seq_len, max_tokens=args.max_tokens, progress=not args.quiet
-            )
+            key = f"ppl:{Path(f).name}@{args.seq_len}"
+            r[key] = perplexity(model, tok, f, seq_len=args.seq_len, max_tokens=args.max_tokens, progress=not args.quiet)
+            _check_finite_metrics(r, [key], bool(args.allow_nonfinite), model=path)
         for name, items in tasks.items():
             scores = zero_shot(model, tok, items, limit=args.limit, progress=not args.quiet)
             r[f"{name}:acc"], r[f"{name}:acc_norm"] = scores["acc"], scores["acc_norm"]
         if args.speed:
             sp = generation_speed(model)
             r["tokens_per_s"], r["param_bytes"], r["peak_bytes"] = sp["tokens_per_s"], sp["param_bytes"], sp["peak_bytes"]
-        if args.lm_eval_tasks:
+        if lm_eval_tasks:
             from .eval.lm_eval_adapter import run_lm_eval
 
             try:
-                for task, metrics in run_lm_eval(model, tok, args.lm_eval_tasks.split(","), args.limit).items():
+                for task, metrics in run_lm_eval(model, tok, lm_eval_tasks, args.limit).items():
                     r.update({f"{task}:{k}": v for k, v in metrics.items()})
             except ImportError as e:
-                raise UsageError(f"depprune eval: {e}") from e
+                raise UsageError(str(e)) from e
         results[path] = r
     return {"models": results}
 
@@ -401,29 +433,128 @@ def _print_prune(r: dict) -> None:
         print(f"  {kind:<16} {s['removed_units']:>6} of {s['units']:>6} units  ({s['removed_params']:,} params)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .checkpoint import ModelSourceError
-    from .importance import load_plugins
+COMMANDS = {"inspect": (_inspect, _print_inspect), "eval": (_eval, _print_eval), "prune": (_prune, _print_prune)}
 
-    load_plugins()  # estimators from installed packages show up in --help and --importance
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; the one place where errors become messages and exit codes.
+
+    A :class:`~pruners.errors.DeppruneError` (and depgraph's tracing errors) is bad input: its
+    first line on stderr, exit code 2.  Any other exception is a bug: "internal error, please
+    report", exit code 1, the traceback only with ``--debug``.  SIGINT and SIGTERM end the run
+    as an interrupt (exit 130 / 143) after the output directory has been cleaned up.
+    """
+    from depgraph import TraceError, UnsupportedOpError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    command = next((a for a in argv if a in COMMANDS), None)
+    where = f"depprune {command}" if command else "depprune"
     try:
-        args = build_parser().parse_args(argv)
-        if args.command == "inspect":
-            report = _inspect(args)
-            print(json.dumps(report)) if args.json else _print_inspect(report)
-        elif args.command == "eval":
-            report = _eval(args)
-            print(json.dumps(report)) if args.json else _print_eval(report)
-        else:
-            report = _prune(args)
-            print(json.dumps(report)) if args.json else _print_prune(report)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        with _signals_as_interrupts():
+            _check_text_arguments(argv)
+            _quiet_libraries()
+            from .importance import load_plugins
+
+            load_plugins()  # estimators from installed packages show up in --help and --importance
+            args = build_parser().parse_args([a for a in argv if a != "--debug"])
+            run, show = COMMANDS[args.command]
+            report = run(args)
+            print(json.dumps(report)) if args.json else show(report)
+            sys.stdout.flush()  # a closed pipe shows here, inside the try
+    except BrokenPipeError:  # e.g. `depprune inspect | head -1`: the reader has what it wanted
+        _discard_stdout()
+        return 0
+    except (DeppruneError, TraceError, UnsupportedOpError) as e:
+        _report(f"{where}: {one_line(e)}", debug)
         return EXIT_USAGE
-    except (ModelSourceError, FileExistsError) as e:
-        print(f"error: depprune {getattr(args, 'command', '')}: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    except _Interrupted as e:
+        _report(f"{where}: interrupted by {e.signal_name}; no output was written or replaced", debug)
+        return 128 + e.signum
+    except Exception as e:  # noqa: BLE001  (the one place that turns a crash into a report)
+        _report(
+            f"{where}: internal error, please report it ({type(e).__name__}: {one_line(e)}); "
+            "rerun with --debug for the traceback", debug
+        )
+        return EXIT_INTERNAL
     return 0
+
+
+def one_line(e: BaseException) -> str:
+    """The first line of ``e``'s message, at most :data:`LINE_LIMIT` characters.
+
+    >>> one_line(ValueError("first\\nsecond"))
+    'first (more with --debug)'
+    """
+    lines = str(e).strip().splitlines() or [type(e).__name__]
+    text = lines[0] if len(lines[0]) <= LINE_LIMIT else lines[0][: LINE_LIMIT - 1] + "…"
+    return text + (" (more with --debug)" if len(lines) > 1 or text != lines[0] else "")
+
+
+def _report(message: str, debug: bool) -> None:
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+    print(f"error: {message}", file=sys.stderr)
+
+
+def _check_text_arguments(argv: list[str]) -> None:
+    """Refuse arguments that are not valid UTF-8 (paths with undecodable bytes) before anything uses them."""
+    for a in argv:
+        try:
+            a.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = a.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise UsageError(f"argument {shown!r} is not valid UTF-8; rename the file or directory") from None
+
+
+def _quiet_libraries() -> None:
+    """depprune reports problems itself: no transformers warnings on stderr, no prompts on stdin."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # depprune's own progress bars say what is happening
+
+
+class _Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM: unwinds like Ctrl-C, so every ``finally`` and cleanup runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+
+
+class _signals_as_interrupts:
+    """Within the block, SIGINT and SIGTERM raise :class:`_Interrupted` (only in the main thread)."""
+
+    def __enter__(self):
+        self.saved = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise _Interrupted(signum)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _discard_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null so the interpreter's final flush stays quiet."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (tests capture it)
+        pass
+    finally:
+        os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from depgraph import meta_copy, trace
 from depgraph.groups import Group, find_groups
 
 from .calibration import MAX_SEED, CalibrationConfig, calibration_samples
-from .errors import NonFiniteError
+from .errors import NonFiniteError, UsageError
 from .executor import PruneRecord, execute
 from .importance import (
     AGGREGATIONS,
@@ -140,6 +140,23 @@ def run_samples(config: PruneConfig, tokenizer) -> list[torch.Tensor]:
     return calibration_samples(config.calibration.model_copy(update={"seed": config.seed}), tokenizer)
 
 
+def check_context(config: PruneConfig, model: nn.Module) -> None:
+    """Calibration windows must fit the model's context (``max_position_embeddings``).
+
+    >>> from types import SimpleNamespace
+    >>> check_context(PruneConfig(ratio=0.2), SimpleNamespace(config=SimpleNamespace(max_position_embeddings=64)))
+    Traceback (most recent call last):
+    ...
+    pruners.errors.UsageError: calibration seq_len 128 (--calibration-seq-len) is longer than the model's context, max_position_embeddings 64
+    """
+    context = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(context, int) and config.calibration.seq_len > context:
+        raise UsageError(
+            f"calibration seq_len {config.calibration.seq_len} (--calibration-seq-len) is longer than the model's "
+            f"context, max_position_embeddings {context}"
+        )
+
+
 def check_feasible(groups: list[Group], config: PruneConfig, total_params: int) -> Plan:
     """Plan with dummy scores: raises :class:`~pruners.executor.PlanError` before any weight is read.
 
@@ -169,7 +186,8 @@ def prune(
     """
     if samples is None and needs_of(make_estimator(config.importance)):
         if tokenizer is None or config.calibration.source is None:
-            raise ValueError(f"importance {config.importance!r} needs calibration data: a tokenizer and calibration.source")
+            raise UsageError(f"importance {config.importance!r} needs calibration data: a tokenizer and calibration.source")
+        check_context(config, model)
         samples = run_samples(config, tokenizer)
     torch.manual_seed(config.seed)
     tr, groups = analysis if analysis is not None else analyze(model)

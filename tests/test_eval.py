@@ -78,7 +78,7 @@ def test_eval_cli_compares_models(capsys):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--ppl", "/nonexistent.txt"], "is not a file"),
+        (["--ppl", "/nonexistent.txt"], "'/nonexistent.txt': does not exist"),
         ([], "nothing to evaluate"),
         (["--lm-eval-tasks", "piqa"], "pip install lm-eval"),
     ],

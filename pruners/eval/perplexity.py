@@ -91,4 +91,5 @@ def perplexity(
             logits = model(ids[:, :-1]).logits.float()  # (B, T, vocab)
             nll += nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum").item()
             count += ids[:, 1:].numel()
-    return math.exp(nll / count)
+    mean = nll / count
+    return math.exp(mean) if mean < 709.0 else math.inf  # beyond float range: inf, not an OverflowError

@@ -1,0 +1,302 @@
+"""What the command line refuses, end to end: exit code 2, at most 3 lines on stderr, no traceback,
+nothing written and every other directory untouched; bugs say "internal error"; signals and closed
+pipes end quietly.  Library-level checks of the same rules live in test_output_dir.py,
+test_input_files.py and test_model_loading.py; these tests check that the CLI wires them in and
+refuses *before* the long work (a model load that should not happen fails the test)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+import pruners.checkpoint
+from pruners.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+STORIES = SHARED / "models" / "stories260K"
+VALID = SHARED / "data" / "tinystories-valid" / "TinyStories-valid.first46.txt"
+PIQA = SHARED / "data" / "piqa"
+
+pytestmark = pytest.mark.skipif(not STORIES.is_dir(), reason="../shared/models is not present")
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (hidden ones too) with its bytes."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def assert_refused(code, err, message, *, lines=1):
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    got = err.strip().splitlines()
+    assert 1 <= len(got) <= lines and message in got[-1], err
+
+
+@pytest.fixture
+def no_weights_loaded(monkeypatch):
+    """Fail if the CLI loads model weights: the refusal must come before that."""
+    real = pruners.checkpoint.load_model
+
+    def load_model(path, *args, weights=True, **kwargs):
+        if weights:
+            raise AssertionError(f"weights of {path} were loaded before the bad input was refused")
+        return real(path, *args, weights=False, **kwargs)
+
+    monkeypatch.setattr(pruners.checkpoint, "load_model", load_model)
+
+
+@pytest.fixture
+def model_copy(tmp_path):
+    src = tmp_path / "runs" / "m"
+    shutil.copytree(STORIES, src, ignore=shutil.ignore_patterns("llama2c_original"))
+    return src
+
+
+def prune_argv(model, out, *extra):
+    return ["prune", "--model", model, "--ratio", "0.2", "--out", out, "--quiet", *extra]
+
+
+# -- data loss: --out never deletes or writes into anything it should not -----------------------
+
+def test_out_containing_the_source_is_refused_and_the_source_survives(model_copy, capsys):
+    before = snapshot(model_copy.parent)
+    code, _, err = run_cli(capsys, *prune_argv(model_copy, model_copy.parent, "--force"))
+    assert_refused(code, err, "runs")
+    assert snapshot(model_copy.parent) == before
+
+
+def test_out_inside_the_source_is_refused(model_copy, capsys):
+    before = snapshot(model_copy)
+    code, _, err = run_cli(capsys, *prune_argv(model_copy, model_copy / "pruned"))
+    assert_refused(code, err, "pruned")
+    assert snapshot(model_copy) == before
+
+
+def test_empty_out_with_force_never_touches_the_working_directory(model_copy, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(capsys, *prune_argv(model_copy, "", "--force"))
+    assert_refused(code, err, "output path '' is empty")
+    code, _, err = run_cli(capsys, *prune_argv(model_copy, ".", "--force"))
+    assert_refused(code, err, "working directory")
+    assert snapshot(tmp_path) == before
+
+
+def test_force_replaces_only_what_depprune_wrote(model_copy, tmp_path, capsys):
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "thesis.tex").write_text("precious")
+    code, _, err = run_cli(capsys, *prune_argv(model_copy, user, "--force"))
+    assert_refused(code, err, "mine")
+    assert (user / "thesis.tex").read_text() == "precious"
+
+
+def test_out_symlink_is_refused(model_copy, tmp_path, capsys):
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "nowhere")
+    code, _, err = run_cli(capsys, *prune_argv(model_copy, link))
+    assert_refused(code, err, "symbolic link")
+    assert link.is_symlink() and not (tmp_path / "nowhere").exists()
+
+
+def test_unwritable_out_parent_is_refused_before_pruning(tmp_path, capsys, no_weights_loaded):
+    (tmp_path / "file").write_text("x")
+    code, _, err = run_cli(capsys, *prune_argv(STORIES, tmp_path / "file" / "out"))
+    assert_refused(code, err, "file")
+
+
+def test_argument_that_is_not_utf8_is_refused(tmp_path, capsys):
+    out = os.fsdecode(bytes(tmp_path) + b"/out\xff")  # how Python hands over undecodable argv bytes
+    code, _, err = run_cli(capsys, *prune_argv(STORIES, out))
+    assert_refused(code, err, "is not valid UTF-8")
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- everything checked before the work starts -------------------------------------------------
+
+def _write(tmp_path, name, data: bytes | str) -> Path:
+    p = tmp_path / name
+    p.write_bytes(data) if isinstance(data, bytes) else p.write_text(data)
+    return p
+
+
+@pytest.mark.parametrize(
+    "make,flags,message",
+    [
+        (lambda t: _write(t, "empty.txt", ""), ["--eval-text"], "empty.txt"),
+        (lambda t: _write(t, "bin.txt", b"\x00\x01\x02binary"), ["--eval-text"], "bin.txt"),
+        (lambda t: _write(t, "empty.txt", "  \n"), ["--importance", "taylor-element", "--calibration"], "empty.txt"),
+        (lambda t: _write(t, "latin1.txt", "caf\xe9".encode("latin-1")), ["--importance", "wanda-sp", "--calibration"],
+         "latin1.txt"),
+        (lambda t: _write(t, "calib.json", '[{"text": "not alpaca"}]'), ["--importance", "wanda-sp", "--calibration"],
+         "calib.json"),
+        (lambda t: _write(t, "calib.jsonl", '{"instruction": "a", "output": "b"}\n{oops\n'),
+         ["--importance", "wanda-sp", "--calibration"], "line 2"),
+        (lambda t: VALID, ["--importance", "wanda-sp", "--calibration-samples", "100000", "--calibration"], "at most"),
+        (lambda t: VALID, ["--importance", "wanda-sp", "--calibration-seq-len", "100000", "--calibration"],
+         "max_position_embeddings 512"),
+    ],
+    ids=["empty eval text", "binary eval text", "blank calibration", "latin-1 calibration", "not alpaca json",
+         "bad jsonl line", "too many samples", "seq len beyond context"],
+)
+def test_bad_input_files_are_refused_before_the_weights_load(make, flags, message, tmp_path, capsys, no_weights_loaded):
+    path = make(tmp_path)
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, *prune_argv(STORIES, out, *flags, path))
+    assert_refused(code, err, message)
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--layers", "0.5", "1.5"], "a fractional layer bound must be in [0, 1], got 1.5"),
+        (["--layers", "-100", "-2"], "layer bound -100 is out of range for a model with 5 layers"),
+        (["--layers", "2", "9"], "layer bound 9 is out of range"),
+        (["--seed", "-1"], "--seed -1"),
+        (["--seed", str(2**32)], "--seed 4294967296"),
+        (["--calibration-samples", "0"], "--calibration-samples 0"),
+    ],
+)
+def test_limits_are_refused_before_the_weights_load(flags, message, tmp_path, capsys, no_weights_loaded):
+    code, _, err = run_cli(capsys, *prune_argv(STORIES, tmp_path / "out", *flags))
+    assert_refused(code, err, message)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--ppl", str(VALID), "--limit", "0"], "limit"),
+        (["--piqa", str(PIQA / "valid.jsonl"), "--limit", "-1"], "limit"),
+        (["--ppl", str(VALID), "--max-tokens", "-5"], "max_tokens -5"),
+        (["--ppl", "EMPTY"], "empty.txt"),
+        (["--lm-eval-tasks", " , "], "names no task"),
+    ],
+)
+def test_eval_refuses_bad_numbers_and_files_before_loading(flags, message, tmp_path, capsys, no_weights_loaded):
+    flags = [str(_write(tmp_path, "empty.txt", "")) if f == "EMPTY" else f for f in flags]
+    code, _, err = run_cli(capsys, "eval", "--model", STORIES, *flags, "--quiet")
+    assert_refused(code, err, message)
+
+
+def test_eval_refuses_a_piqa_label_outside_the_choices(tmp_path, capsys, no_weights_loaded):
+    (tmp_path / "q.jsonl").write_text('{"goal": "g", "sol1": "a", "sol2": "b"}\n{"goal": "h", "sol1": "c", "sol2": "d"}\n')
+    (tmp_path / "q-labels.lst").write_text("0\n2\n")
+    code, _, err = run_cli(capsys, "eval", "--model", STORIES, "--piqa", tmp_path / "q.jsonl", "--quiet")
+    assert_refused(code, err, "line 2")
+
+
+# -- never save garbage ---------------------------------------------------------------------
+
+def test_nan_weights_are_refused_and_allowed_only_explicitly(model_copy, tmp_path, capsys):
+    state = load_file(model_copy / "model.safetensors")
+    state["model.layers.2.mlp.down_proj.weight"][3, 5] = float("nan")
+    save_file(state, model_copy / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, *prune_argv(model_copy, out, "--eval-text", VALID))
+    assert_refused(code, err, "model.layers.2.mlp.down_proj.weight")
+    assert not out.exists()
+    code, stdout, err = run_cli(capsys, *prune_argv(model_copy, out, "--eval-text", VALID, "--allow-nonfinite", "--json"))
+    assert code == 0, err
+    assert (out / "config.json").is_file()
+
+
+def test_nan_scores_are_refused(tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    import pruners.pipeline
+
+    real = pruners.pipeline.score_groups
+
+    def nan_scores(*args, **kwargs):
+        scores = real(*args, **kwargs)
+        gid = sorted(scores)[0]
+        scores[gid] = np.full_like(scores[gid], np.nan)
+        return scores
+
+    monkeypatch.setattr(pruners.pipeline, "score_groups", nan_scores)
+    code, _, err = run_cli(capsys, *prune_argv(STORIES, tmp_path / "out"))
+    assert_refused(code, err, "non-finite scores")
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- one place turns errors into messages ----------------------------------------------------
+
+def test_an_internal_error_says_so_and_hides_the_traceback_unless_debug(tmp_path, capsys, monkeypatch):
+    import pruners.pipeline
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("tracer exploded\nsecond line")
+
+    monkeypatch.setattr(pruners.pipeline, "analyze", boom)
+    code, _, err = run_cli(capsys, "inspect", "--model", STORIES)
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "internal error, please report it (RuntimeError: tracer exploded (more with --debug))" in err
+    code, _, err = run_cli(capsys, "inspect", "--model", STORIES, "--debug")
+    assert code == 1 and "Traceback" in err and "second line" in err
+
+
+def cli_process(*argv, **kwargs):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    return subprocess.Popen([sys.executable, "-m", "pruners.cli", *map(str, argv)], cwd=ROOT, env=env,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_a_closed_stdout_pipe_ends_quietly():
+    proc = cli_process("inspect", "--model", STORIES, stdout=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before anything is printed, like `| head -1` at its end
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and err == "", err
+
+
+def test_remote_code_is_never_run_even_when_stdin_says_yes(tmp_path):
+    model = tmp_path / "custom"
+    shutil.copytree(STORIES, model, ignore=shutil.ignore_patterns("llama2c_original"))
+    sentinel = tmp_path / "executed"
+    (model / "configuration_evil.py").write_text(
+        f"import pathlib\npathlib.Path({str(sentinel)!r}).write_text('ran')\n"
+        "from transformers import LlamaConfig\nclass EvilConfig(LlamaConfig):\n    model_type = 'evil'\n"
+    )
+    cfg = json.loads((model / "config.json").read_text())
+    cfg.update(model_type="evil", auto_map={"AutoConfig": "configuration_evil.EvilConfig"})
+    (model / "config.json").write_text(json.dumps(cfg))
+    proc = cli_process("inspect", "--model", model, "--json", stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    out, err = proc.communicate("y\ny\n", timeout=120)
+    assert proc.returncode == 2 and out == "" and "--trust-remote-code" in err, err
+    assert len(err.strip().splitlines()) == 1 and not sentinel.exists()
+
+
+def test_sigterm_mid_run_and_a_second_writer(model_copy, tmp_path, capsys):
+    """A run holding OUT makes a second run exit 2 at once; SIGTERM ends the first with nothing written."""
+    out = tmp_path / "out"
+    first = cli_process(*prune_argv(model_copy, out, "--importance", "taylor-element", "--calibration", VALID,
+                                    "--calibration-samples", "100", "--calibration-seq-len", "128"))
+    lock = tmp_path / ".out.depprune-lock"
+    deadline = time.monotonic() + 120
+    while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert lock.exists(), first.stderr.read() if first.poll() is not None else "no lock file"
+    code, _, err = run_cli(capsys, *prune_argv(model_copy, out))
+    assert_refused(code, err, "another depprune run is writing")
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 128 + signal.SIGTERM, err
+    assert "interrupted by SIGTERM" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == [model_copy.parent]  # no OUT, no temporary, no lock file

@@ -4,8 +4,9 @@ A pruned model is saved as a Hugging Face directory (safetensors weights, ``conf
 tokenizer files copied from the source) whose config keeps the source architecture's fields
 and adds a ``depprune`` section: every pruned tensor's shape and every size attribute the
 executor changed.  :func:`load_model` rebuilds the architecture on the meta device, applies
-that record and loads the weights -- per-layer sizes survive the round trip.  Writing goes to
-a temporary directory renamed into place, so a failure never leaves a partial output.
+that record and loads the weights -- per-layer sizes survive the round trip.  Writing goes
+through :class:`~pruners.output_dir.OutputDir` (a temporary directory swapped into place), so a
+failure never leaves a partial output or touches anything depprune did not write.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .model_files import (
     check_weights,
     custom_code,
     describe_dangling,
-    first_line,
+    exception_line,
     has_safetensors,
     mismatch_error,
     read_safetensors_header,
@@ -102,9 +103,9 @@ def _read_config(path: Path) -> dict:
     try:
         raw = json.loads(where.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise ModelSourceError(f"{where} is not valid JSON: {first_line(e, 160)}") from None
+        raise ModelSourceError(f"{where} is not valid JSON: {exception_line(e, 160)}") from None
     except OSError as e:
-        raise ModelSourceError(f"{where} cannot be read: {first_line(e, 160)}") from None
+        raise ModelSourceError(f"{where} cannot be read: {exception_line(e, 160)}") from None
     return check_config_dict(raw, str(where))
 
 
@@ -151,7 +152,7 @@ def load_model(
             except ModelSourceError:
                 raise
             except Exception as e:  # a hand-edited or truncated record
-                raise ModelSourceError(f"{where}: its depprune record cannot be applied: {first_line(e)}") from e
+                raise ModelSourceError(f"{where}: its depprune record cannot be applied: {exception_line(e)}") from e
         if load_weights:
             _load_state(model, p, device, tensors)
     else:
@@ -169,7 +170,7 @@ def _hf_config(p: Path, trust: bool):
     try:
         config = AutoConfig.from_pretrained(p, trust_remote_code=trust)
     except Exception as e:
-        raise ModelSourceError(f"transformers cannot read {where}: {first_line(e)}") from e
+        raise ModelSourceError(f"transformers cannot read {where}: {exception_line(e)}") from e
     check_config(config, f"{where} (as transformers reads it)")
     return config
 
@@ -181,7 +182,7 @@ def _build(config, where: Path, device: str, trust: bool, attn: dict) -> nn.Modu
         with torch.device(device):
             return AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust, **attn)
     except Exception as e:
-        raise ModelSourceError(f"transformers cannot build a model from {where}: {first_line(e)}") from e
+        raise ModelSourceError(f"transformers cannot build a model from {where}: {exception_line(e)}") from e
 
 
 class _NoLoadReport(logging.Filter):
@@ -207,14 +208,14 @@ def _from_pretrained(p: Path, trust: bool, attn: dict) -> nn.Module:
     except ModelSourceError:
         raise
     except Exception as e:
-        raise ModelSourceError(f"transformers cannot load a model from {p}: {first_line(e)}") from e
+        raise ModelSourceError(f"transformers cannot load a model from {p}: {exception_line(e)}") from e
     finally:
         logger.removeFilter(quiet)
     err = mismatch_error(p, info.get("missing_keys"), info.get("unexpected_keys"), info.get("mismatched_keys"))
     if err:
         raise err
     if info.get("error_msgs"):
-        raise ModelSourceError(f"transformers cannot load the weights in {p}: {first_line(Exception(info['error_msgs'][0]))}")
+        raise ModelSourceError(f"transformers cannot load the weights in {p}: {exception_line(Exception(info['error_msgs'][0]))}")
     return model
 
 
@@ -244,7 +245,7 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
         try:
             data = json.loads(f.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, OSError) as e:
-            raise ModelSourceError(f"{f} is not valid JSON: {first_line(e, 160)}") from None
+            raise ModelSourceError(f"{f} is not valid JSON: {exception_line(e, 160)}") from None
         if not isinstance(data, dict):
             raise ModelSourceError(f"{f} is not a JSON object (it holds a JSON {type(data).__name__})")
         auto_map = data.get("auto_map")
@@ -257,7 +258,7 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
     try:
         return AutoTokenizer.from_pretrained(p, trust_remote_code=trust)
     except Exception as e:
-        raise ModelSourceError(f"cannot load a tokenizer from {p}: {first_line(e)}") from e
+        raise ModelSourceError(f"cannot load a tokenizer from {p}: {exception_line(e)}") from e
 
 
 def apply_record(model: nn.Module, section: dict) -> None:
@@ -320,7 +321,7 @@ def _load_state(model: nn.Module, path: Path, device: str, tensors: dict | None 
         try:
             state.update(load_file(str(f), device=device))
         except Exception as e:  # the header was valid; the data could not be read
-            raise ModelSourceError(f"not a valid safetensors file: {f} ({first_line(e, 160)})") from e
+            raise ModelSourceError(f"not a valid safetensors file: {f} ({exception_line(e, 160)})") from e
     model.load_state_dict(state, strict=False, assign=True)
     for names in groups.values():
         loaded = [n for n in names if n in state]

@@ -12,7 +12,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from .errors import DeppruneError, UsageError
+from .errors import DeppruneError, UsageError, first_line
 from .importance import AGGREGATIONS, ESTIMATORS
 
 EXIT_USAGE = 2  # bad input: one line on stderr, nothing written
@@ -486,9 +486,9 @@ def one_line(e: BaseException) -> str:
     >>> one_line(ValueError("first\\nsecond"))
     'first (more with --debug)'
     """
-    lines = str(e).strip().splitlines() or [type(e).__name__]
-    text = lines[0] if len(lines[0]) <= LINE_LIMIT else lines[0][: LINE_LIMIT - 1] + "…"
-    return text + (" (more with --debug)" if len(lines) > 1 or text != lines[0] else "")
+    line = first_line(e) or type(e).__name__
+    text = line if len(line) <= LINE_LIMIT else line[: LINE_LIMIT - 1] + "…"
+    return text + (" (more with --debug)" if text != str(e).strip() else "")
 
 
 def _report(message: str, debug: bool) -> None:

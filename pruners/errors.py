@@ -36,3 +36,13 @@ class OutputError(DeppruneError, OSError):
 
 class NonFiniteError(DeppruneError, ValueError):
     """NaN or Inf in weights, scores or logits (allowed only with ``--allow-nonfinite``)."""
+
+
+def first_line(text: object) -> str:
+    """The first non-blank line of ``text`` (an exception's message, a parser's report), stripped.
+
+    >>> first_line(ValueError("\\n  bad value\\n  at line 3"))
+    'bad value'
+    """
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[0] if lines else ""

@@ -32,7 +32,7 @@ import struct
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-from .errors import ModelSourceError, NonFiniteError
+from .errors import ModelSourceError, NonFiniteError, first_line
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -59,10 +59,10 @@ class TensorEntry(NamedTuple):
     file: Path
 
 
-def first_line(e: BaseException, limit: int = 300) -> str:
+def exception_line(e: BaseException, limit: int = 300) -> str:
     """``TypeName: first line of the message`` (a line ending in ``:`` takes the next one too), shortened."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    text = lines[0] if lines else ""
+    text = first_line(e)
     if text.endswith(":") and len(lines) > 1:
         text = f"{text} {lines[1]}"
     text = f"{type(e).__name__}: {text}" if text else type(e).__name__
@@ -122,7 +122,7 @@ def parse_safetensors_header(f: BinaryIO, size: int, where: str) -> dict[str, tu
     try:
         header = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise _invalid(where, f"its header is not UTF-8 JSON: {first_line(e, 120)}") from None
+        raise _invalid(where, f"its header is not UTF-8 JSON: {exception_line(e, 120)}") from None
     if not isinstance(header, dict):
         raise _invalid(where, f"its header is a JSON {type(header).__name__}, not an object")
     data_size = size - 8 - n
@@ -189,7 +189,7 @@ def read_safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]
         with open(path, "rb") as f:
             return parse_safetensors_header(f, os.fstat(f.fileno()).st_size, str(path))
     except OSError as e:
-        raise _invalid(str(path), f"cannot read it: {first_line(e, 120)}") from None
+        raise _invalid(str(path), f"cannot read it: {exception_line(e, 120)}") from None
 
 
 def _present(path: Path) -> bool:
@@ -213,9 +213,9 @@ def _read_index(index: Path) -> dict[str, str]:
     try:
         data = json.loads(index.read_text(encoding="utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise _invalid(where, f"not valid JSON: {first_line(e, 120)}") from None
+        raise _invalid(where, f"not valid JSON: {exception_line(e, 120)}") from None
     except OSError as e:
-        raise _invalid(where, f"cannot read it: {first_line(e, 120)}") from None
+        raise _invalid(where, f"cannot read it: {exception_line(e, 120)}") from None
     wmap = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(wmap, dict) or not wmap or not all(isinstance(v, str) for v in wmap.values()):
         raise _invalid(where, "expected a JSON object with a non-empty weight_map of tensor name -> shard file name")

@@ -57,7 +57,8 @@ def read_run_file(path: str | Path) -> dict[str, Any]:
     a file that is missing (then also a FileNotFoundError), a directory, empty, binary or not
     UTF-8, has another suffix, does not parse, or does not hold a mapping.
     """
-    from .text_input import MissingInputFileError, file_error, json_error, one_line, read_text
+    from .errors import first_line
+    from .text_input import MissingInputFileError, file_error, json_error, read_text
 
     path = Path(path)
     suffix = path.suffix.lower()
@@ -78,11 +79,11 @@ def read_run_file(path: str | Path) -> dict[str, Any]:
         mark = getattr(e, "problem_mark", None)
         if mark is not None:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
-            first = f"{one_line(getattr(e, 'problem', None) or e)}{where}"
+            first = f"{first_line(getattr(e, 'problem', None) or e)}{where}"
         elif isinstance(e, json.JSONDecodeError | RecursionError):
             first = json_error(e)
         else:
-            first = one_line(e) or type(e).__name__
+            first = first_line(e) or type(e).__name__
         raise file_error(path, "run config", f"does not parse: {first}") from e
     if not isinstance(data, dict):
         raise file_error(path, "run config", f"must hold a mapping of options, got {type(data).__name__}")

@@ -18,19 +18,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import InputFileError
+from .errors import InputFileError, first_line
 
-__all__ = ["MissingInputFileError", "file_error", "json_error", "json_type", "one_line", "read_text"]
+__all__ = ["MissingInputFileError", "file_error", "json_error", "json_type", "read_text"]
 
 
 class MissingInputFileError(InputFileError, FileNotFoundError):
     """An input file that does not exist (also a FileNotFoundError, for callers that catch that)."""
-
-
-def one_line(text: str) -> str:
-    """``text`` on one line: a parser's multi-line message is cut to its first non-blank line."""
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    return lines[0] if lines else ""
 
 
 def label(path: str | Path, what: str) -> str:
@@ -109,4 +103,4 @@ def json_error(e: Exception) -> str:
         return f"{e.msg} at line {e.lineno}, column {e.colno}"
     if isinstance(e, RecursionError):
         return "nested too deeply"
-    return one_line(e) or type(e).__name__
+    return first_line(e) or type(e).__name__

@@ -23,7 +23,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import UsageError
-from .text_input import file_error, json_error, json_type, read_text
+from .text_input import file_error, is_text, json_error, json_type, read_text
 
 MAX_SEED = 2**32 - 1  # numpy and torch both take it; negative seeds are refused by numpy
 
@@ -111,7 +111,7 @@ def _check_alpaca_record(path: Path, where: str, record) -> None:
             raise file_error(path, WHAT, f"{where}: {key!r} is missing; expected {ALPACA_RECORD}")
     for key in ("instruction", "input", "output"):
         value = record.get(key)
-        if key in record and not isinstance(value, str) and not (key == "input" and value is None):
+        if key in record and not is_text(value) and not (key == "input" and value is None):
             raise file_error(path, WHAT, f"{where}: {key!r} is {json_type(value)}, not a string; expected {ALPACA_RECORD}")
 
 

@@ -27,6 +27,7 @@ from .model_files import (
     check_config,
     check_config_dict,
     check_finite,
+    check_stored_parameters,
     check_weights,
     custom_code,
     describe_dangling,
@@ -157,8 +158,10 @@ def load_model(
             _load_state(model, p, device, tensors)
     else:
         model = _from_pretrained(p, trust, attn).to(device)
-    if load_weights and not allow_nonfinite:
-        check_finite(model, p)
+    if load_weights:
+        check_stored_parameters(model, tensors, p)
+        if not allow_nonfinite:
+            check_finite(model, p)
     return model.eval()
 
 
@@ -219,12 +222,24 @@ def _from_pretrained(p: Path, trust: bool, attn: dict) -> nn.Module:
     return model
 
 
-def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
+def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False, vocab_size: int | None = None):
     """``AutoTokenizer.from_pretrained(path)``, importing no code shipped with it unless ``trust_remote_code``.
 
     A ``tokenizer_config.json`` (or ``config.json``) with a tokenizer ``auto_map`` is refused
-    without it; any failure to load is one :class:`~pruners.errors.ModelSourceError` line.
+    without it; any failure to load is one :class:`~pruners.errors.ModelSourceError` line.  With
+    ``vocab_size`` (the model's embedding rows), a tokenizer that can produce larger ids is
+    refused: it belongs to another model.
     """
+    tokenizer = _load_tokenizer(path, trust_remote_code)
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        raise ModelSourceError(
+            f"the tokenizer of {str(path)!r} has {len(tokenizer)} tokens but the model's vocabulary has {vocab_size}: "
+            "it belongs to another model; give the model's own tokenizer (--tokenizer DIR)"
+        )
+    return tokenizer
+
+
+def _load_tokenizer(path: str | os.PathLike, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
     trust = bool(trust_remote_code)

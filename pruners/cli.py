@@ -174,6 +174,7 @@ def run_config(args):
 
     data: dict = {}
     if args.config:
+        check_path_argument("--config", args.config)
         try:
             data = read_run_file(args.config)
         except (FileNotFoundError, ValueError) as e:
@@ -186,6 +187,8 @@ def run_config(args):
         node = data
         for key in path[:-1]:
             node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise UsageError(f"{key} {node!r} in --config must be a mapping, e.g. {{source: calib.txt, samples: 10}}")
         node[path[-1]] = value
     for required in ("model", "out"):
         if data.get(required) is None:
@@ -221,6 +224,7 @@ def _inspect(args) -> dict:
     from .checkpoint import load_model
     from .pipeline import analyze, count_params
 
+    check_path_argument("--model", args.model)
     model = load_model(args.model, weights=False, trust_remote_code=args.trust_remote_code)
     _, groups = analyze(model)
     return {"model": str(args.model), "params": count_params(model), "groups": [g.summary() for g in groups]}
@@ -235,6 +239,38 @@ def _print_inspect(report: dict) -> None:
         print(f"{g['id']:<24}{g['kind']:<16}{layer:>6}{g['units']:>8}{g['unit_params']:>13,}{g['params']:>12,}  {'yes' if g['exact'] else 'no'}")
     kinds = Counter(g["kind"] for g in report["groups"])
     print("groups by kind: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
+
+
+PATH_KEYS = {"model": "--model", "out": "--out", "tokenizer": "--tokenizer", "eval_text": "--eval-text", "calibration": "--calibration"}
+NAME_MAX, PATH_MAX = 255, 4095  # bytes per path component and per path on Linux file systems
+
+
+def check_path_argument(flag: str, value: object) -> str:
+    """``value`` if it can name a file: a string without NUL, valid UTF-8, within Linux's length limits.
+
+    >>> check_path_argument("--out", "out/pruned")
+    'out/pruned'
+    >>> check_path_argument("--model", 3)
+    Traceback (most recent call last):
+    ...
+    pruners.errors.UsageError: --model must be a path (a string), got int 3
+    """
+    if not isinstance(value, str):
+        raise UsageError(f"{flag} must be a path (a string), got {type(value).__name__} {value!r}"[:LINE_LIMIT])
+    if "\x00" in value:
+        raise UsageError(f"{flag} {value!r} holds a NUL character, which no file name can")
+    try:
+        encoded = value.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise UsageError(f"{flag} {shown!r} is not valid UTF-8; rename the file or directory") from None
+    longest = max((len(part) for part in encoded.split(b"/")), default=0)
+    if longest > NAME_MAX or len(encoded) > PATH_MAX:
+        raise UsageError(
+            f"{flag} {value[:40]!r}... is too long ({len(encoded)} bytes, longest name {longest}): file systems allow "
+            f"{NAME_MAX} bytes per name and {PATH_MAX} per path"
+        )
+    return value
 
 
 def _validate_prune(data: dict) -> None:
@@ -253,11 +289,18 @@ def _validate_prune(data: dict) -> None:
     except ValueError as e:
         raise UsageError(f"--kind-ratio {e}") from e
     importance = data.get("importance", "l2")
-    if importance not in ESTIMATORS:
+    if not isinstance(importance, str) or importance not in ESTIMATORS:
         raise UsageError(f"unknown --importance {importance!r}; valid: {', '.join(sorted(ESTIMATORS))}")
     aggregation = data.get("aggregation", "sum")
-    if aggregation not in AGGREGATIONS:
+    if not isinstance(aggregation, str) or aggregation not in AGGREGATIONS:
         raise UsageError(f"unknown --aggregation {aggregation!r}; valid: {', '.join(sorted(AGGREGATIONS))}")
+    calibration = data.get("calibration")
+    if calibration is not None and not isinstance(calibration, dict):
+        raise UsageError(f"calibration {calibration!r} must be a mapping, e.g. {{source: calib.txt, samples: 10, seq_len: 128}}")
+    for key, flag in PATH_KEYS.items():
+        value = (calibration or {}).get("source") if key == "calibration" else data.get(key)
+        if value is not None:
+            check_path_argument(flag, value)
     src = check_model_dir(data["model"])
     data["model"] = str(src)  # a hub id is now its local snapshot
     if not check_weights(src):  # refuses pickles and corrupt files; empty: config only
@@ -299,7 +342,10 @@ def _prune(args) -> dict:
         needs_data = bool(needs_of(make_estimator(cfg.importance)))
         if needs_data:
             check_context(cfg, skeleton)
-        tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, trust_remote_code=trust) if needs_data or cfg.eval_text else None
+        vocab = skeleton.get_input_embeddings().num_embeddings
+        tokenizer = None
+        if needs_data or cfg.eval_text:
+            tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, trust_remote_code=trust, vocab_size=vocab)
         samples = run_samples(cfg, tokenizer) if needs_data else None  # too few tokens fails here, before any weight
         analysis = analyze(skeleton)
         check_feasible(analysis[1], cfg, count_params(skeleton))  # plan errors before loading weights
@@ -357,12 +403,17 @@ def _warn(message: str) -> None:
 
 def _eval(args) -> dict:
     """Every file and number checked first, then each model loaded and evaluated in turn."""
-    from .checkpoint import check_model_dir, load_model, load_tokenizer
+    from .checkpoint import check_model_dir, check_weights, load_model, load_tokenizer
     from .eval import check_limit, check_text_file, generation_speed, perplexity, read_openbookqa, read_piqa, zero_shot
     from .pipeline import count_params
 
     if not (args.ppl or args.piqa or args.openbookqa or args.speed or args.lm_eval_tasks):
         raise UsageError("nothing to evaluate; pass --ppl, --piqa, --openbookqa, --speed or --lm-eval-tasks")
+    for flag, values in (("--model", args.model), ("--tokenizer", [args.tokenizer]), ("--ppl", args.ppl),
+                         ("--piqa", [args.piqa]), ("--openbookqa", [args.openbookqa])):
+        for value in values:
+            if value is not None:
+                check_path_argument(flag, value)
     for f in args.ppl:
         check_text_file(f, seq_len=args.seq_len, max_tokens=args.max_tokens)
     check_limit(args.limit)
@@ -375,12 +426,14 @@ def _eval(args) -> dict:
     if args.openbookqa:
         tasks["openbookqa"] = read_openbookqa(args.openbookqa)
     for path in args.model:  # every directory checked before the first is evaluated
-        check_model_dir(path)
+        if not check_weights(check_model_dir(path)):
+            raise UsageError(f"{path!r} has a config but no weights to evaluate")
     trust = args.trust_remote_code
     results = {}
     for path in args.model:
         model = load_model(path, trust_remote_code=trust, allow_nonfinite=bool(args.allow_nonfinite))
-        tok = load_tokenizer(args.tokenizer or path, trust_remote_code=trust)
+        tok = load_tokenizer(args.tokenizer or path, trust_remote_code=trust,
+                             vocab_size=model.get_input_embeddings().num_embeddings)
         r: dict = {"params": count_params(model)}
         for f in args.ppl:
             key = f"ppl:{Path(f).name}@{args.seq_len}"

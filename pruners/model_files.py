@@ -45,6 +45,7 @@ DTYPE_BITS = {
     "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
     "I64": 64, "U64": 64, "F64": 64, "C64": 64,
 }
+MAX_LAYERS = 10_000
 SIZE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                "head_dim", "vocab_size", "max_position_embeddings")
 CONVERT_HINT = (
@@ -277,6 +278,11 @@ def _check_sizes(get, where: str) -> None:
         v = get(name)
         if v is not None and not _size_ok(v):
             raise ModelSourceError(f"{where}: {name} is {v!r}; expected a positive integer")
+    layers = get("num_hidden_layers")
+    if type(layers) is int and layers > MAX_LAYERS:  # building it, even on meta, would take hours
+        raise ModelSourceError(
+            f"{where}: num_hidden_layers is {layers}; expected at most {MAX_LAYERS} (the largest models have a few hundred)"
+        )
     heads, kv = get("num_attention_heads"), get("num_key_value_heads")
     if type(heads) is int and type(kv) is int and heads % kv:
         raise ModelSourceError(
@@ -409,3 +415,48 @@ def check_finite(model, where) -> None:
             f"{where}: {_count(len(bad))} {'holds' if len(bad) == 1 else 'hold'} NaN or Inf: {shown}; "
             "pass --allow-nonfinite to load them anyway"
         )
+
+
+FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ"})
+
+
+def check_stored_parameters(model, tensors: dict[str, TensorEntry], where) -> None:
+    """Stored parameters must be floating point, and tied names stored twice must agree.
+
+    transformers casts integer or boolean tensors (a quantized or corrupted file) to the model's
+    float dtype without a word, and when ``tie_word_embeddings`` ties ``lm_head.weight`` to the
+    embedding it keeps one of two stored copies; either way the model would silently differ from
+    the file.
+    """
+    import torch
+    from safetensors import safe_open
+
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    if getattr(model.config, "tie_word_embeddings", False) and out is not None and out.weight is not inp.weight:
+        # transformers unties them when the file stores two different matrices; a saved config would then lie
+        raise ModelSourceError(
+            f"{where}: config.json sets tie_word_embeddings but the weights store different input and output "
+            "embeddings; set tie_word_embeddings to false (or store one matrix)"
+        )
+    tied: dict[int, list[str]] = {}
+    for name, prm in model.named_parameters(remove_duplicate=False):
+        tied.setdefault(id(prm), []).append(name)
+        entry = tensors.get(name)
+        if entry is not None and entry.dtype not in FLOAT_DTYPES:
+            raise ModelSourceError(
+                f"{entry.file}: parameter {name} is stored as {entry.dtype}, not a floating-point type; "
+                "quantized or integer weights are not supported, store them as F32, F16 or BF16"
+            )
+    for names in tied.values():
+        stored = [n for n in names if n in tensors]
+        if len(stored) < 2:
+            continue
+        values = []
+        for n in stored:
+            with safe_open(str(tensors[n].file), framework="pt") as f:
+                values.append(f.get_tensor(n))
+        if any(v.shape != values[0].shape or not torch.equal(v, values[0]) for v in values[1:]):
+            raise ModelSourceError(
+                f"{where}: config.json ties {', '.join(stored)} (tie_word_embeddings) but the weights store them with "
+                "different values; set tie_word_embeddings to false or store one of them"
+            )

@@ -248,6 +248,12 @@ def _planned(groups: Sequence[Group], config: PlannerConfig) -> list[tuple[Group
     if missing:
         kinds = sorted({g.kind for g in groups})
         raise PlanError(f"the model has no groups of kinds {missing} in the chosen layers; it has {kinds}")
+    largest = max(g.n_units for g, _ in pairs)
+    if config.round_to > largest:  # rounding applies to groups at least round_to big: here to none
+        raise PlanError(
+            f"--round-to {config.round_to} is larger than every planned group (the largest has {largest} units), "
+            f"so it would round nothing; use at most {largest}"
+        )
     return pairs
 
 

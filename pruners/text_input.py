@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .errors import InputFileError, first_line
 
-__all__ = ["MissingInputFileError", "file_error", "json_error", "json_type", "read_text"]
+__all__ = ["MissingInputFileError", "file_error", "json_error", "is_text", "json_type", "read_text"]
 
 
 class MissingInputFileError(InputFileError, FileNotFoundError):
@@ -54,12 +54,15 @@ def read_text(path: str | Path, what: str = "input file", expected: str = "UTF-8
         raise file_error(path, what, f"does not exist; expected a file of {expected}", MissingInputFileError)
     if path.is_dir():
         raise file_error(path, what, f"is a directory; expected a file of {expected}")
+    if not path.is_file():  # a FIFO, socket or device (/dev/zero) would block or never end
+        raise file_error(path, what, f"is not a regular file (a device, pipe or socket); expected a file of {expected}")
     try:
         data = path.read_bytes()
     except OSError as e:
         raise file_error(path, what, f"cannot be read ({e.strerror or type(e).__name__}); expected a file of {expected}") from e
     if not data:
         raise file_error(path, what, f"the file is empty (0 bytes); expected {expected}")
+    data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (Windows editors) is not text
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise file_error(path, what, f"starts with a UTF-16 byte-order mark; expected {expected} in UTF-8 (convert it first)")
     nul = data.find(b"\x00")
@@ -80,8 +83,25 @@ def read_text(path: str | Path, what: str = "input file", expected: str = "UTF-8
     return text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, like open(..., newline=None)
 
 
+def is_text(value) -> bool:
+    """A string that is valid Unicode (JSON may escape an unpaired surrogate, ``"\\ud800"``, that no tokenizer takes).
+
+    >>> is_text("café"), is_text("\\ud800"), is_text(3)
+    (True, False, False)
+    """
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def json_type(value) -> str:
     """A JSON value's kind with its article, for messages: ``'a string'``, ``'an array'``, ``'null'``."""
+    if isinstance(value, str) and not is_text(value):
+        return "a string with an unpaired \\u surrogate escape (not valid Unicode)"
     if value is None:
         return "null"
     if isinstance(value, bool):

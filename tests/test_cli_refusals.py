@@ -300,3 +300,110 @@ def test_sigterm_mid_run_and_a_second_writer(model_copy, tmp_path, capsys):
     assert first.returncode == 128 + signal.SIGTERM, err
     assert "interrupted by SIGTERM" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == [model_copy.parent]  # no OUT, no temporary, no lock file
+
+
+# -- found by an adversarial sweep of 400+ bad inputs --------------------------------------------
+
+@pytest.mark.parametrize(
+    "run,message",
+    [
+        ({"model": 5}, "--model must be a path (a string), got int 5"),
+        ({"model": ["a"]}, "--model must be a path (a string), got list"),
+        ({"out": "o\x00x"}, "holds a NUL character"),
+        ({"calibration": "text.txt"}, "calibration 'text.txt' must be a mapping"),
+        ({"aggregation": ["sum"]}, "unknown --aggregation ['sum']"),
+        ({"importance": {"name": "l2"}}, "unknown --importance {'name': 'l2'}"),
+        ({"calibration": [1], "FLAG": ["--calibration-samples", "3"]}, "calibration [1] in --config must be a mapping"),
+    ],
+)
+def test_run_file_values_of_the_wrong_type(run, message, tmp_path, capsys, no_weights_loaded):
+    flags = run.pop("FLAG", [])
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"model": str(STORIES), "out": str(tmp_path / "o"), "ratio": 0.2, **run}))
+    code, _, err = run_cli(capsys, "prune", "--config", path, "--quiet", *flags)
+    assert_refused(code, err, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
+
+
+@pytest.mark.parametrize("flag", ["--model", "--out", "--eval-text"])
+def test_paths_too_long_for_the_file_system(flag, tmp_path, capsys):
+    argv = {"--model": STORIES, "--out": tmp_path / "o", "--eval-text": VALID}
+    argv[flag] = tmp_path / ("x" * 300)
+    code, _, err = run_cli(capsys, "prune", "--ratio", "0.2", "--quiet", *[x for kv in argv.items() for x in kv])
+    assert_refused(code, err, "is too long (")
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "FIFO"])
+def test_calibration_from_a_device_or_pipe_never_hangs(device, tmp_path, capsys, no_weights_loaded):
+    if device == "FIFO":
+        device = tmp_path / "fifo"
+        os.mkfifo(device)
+    code, _, err = run_cli(capsys, *prune_argv(STORIES, tmp_path / "o", "--importance", "wanda-sp", "--calibration", device))
+    assert_refused(code, err, "is not a regular file")
+
+
+def test_eval_of_a_config_only_directory(tmp_path, capsys):
+    shutil.copy(STORIES / "config.json", tmp_path / "config.json")
+    code, _, err = run_cli(capsys, "eval", "--model", tmp_path, "--ppl", VALID, "--quiet")
+    assert_refused(code, err, "has a config but no weights to evaluate")
+
+
+def test_a_tokenizer_of_another_model_is_refused(tmp_path, capsys, no_weights_loaded):
+    tok = json.loads((STORIES / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    vocab.update({f"extra{i}": 512 + i for i in range(100)})  # ids the 512-row embedding does not have
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.json").write_text(json.dumps(tok))
+    shutil.copy(STORIES / "tokenizer_config.json", tmp_path / "tok")
+    code, _, err = run_cli(capsys, *prune_argv(STORIES, tmp_path / "o", "--tokenizer", tmp_path / "tok", "--eval-text", VALID))
+    assert_refused(code, err, "has 612 tokens but the model's vocabulary has 512")
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int32", "bool"])
+def test_integer_weights_are_refused_not_cast(dtype, model_copy, tmp_path, capsys):
+    import torch
+
+    state = load_file(model_copy / "model.safetensors")
+    name = "model.layers.1.mlp.up_proj.weight"
+    state[name] = state[name].to(getattr(torch, dtype))
+    save_file(state, model_copy / "model.safetensors", metadata={"format": "pt"})
+    code, _, err = run_cli(capsys, *prune_argv(model_copy, tmp_path / "o"))
+    assert_refused(code, err, f"parameter {name} is stored as")
+
+
+def test_tied_config_with_two_different_embeddings_is_refused(model_copy, tmp_path, capsys):
+    state = load_file(model_copy / "model.safetensors")
+    state["lm_head.weight"] = state["model.embed_tokens.weight"] * 2  # tie_word_embeddings stays true
+    save_file(state, model_copy / "model.safetensors", metadata={"format": "pt"})
+    code, _, err = run_cli(capsys, *prune_argv(model_copy, tmp_path / "o"))
+    assert_refused(code, err, "sets tie_word_embeddings but the weights store different input and output embeddings")
+
+
+def test_round_to_larger_than_every_group_is_refused(tmp_path, capsys, no_weights_loaded):
+    code, _, err = run_cli(capsys, *prune_argv(STORIES, tmp_path / "o", "--round-to", "100000"))
+    assert_refused(code, err, "--round-to 100000 is larger than every planned group (the largest has 172 units)")
+
+
+def test_absurd_layer_count_is_refused_not_built(tmp_path, capsys):
+    cfg = json.loads((STORIES / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 10**6}))
+    code, _, err = run_cli(capsys, "inspect", "--model", tmp_path)
+    assert_refused(code, err, "num_hidden_layers is 1000000; expected at most 10000")
+
+
+def test_zero_shot_items_longer_than_the_context_keep_its_end():
+    """An item longer than max_position_embeddings is scored on its last 512 tokens (lm-eval's rule)."""
+    import torch
+
+    from pruners.checkpoint import load_model, load_tokenizer
+    from pruners.eval.multiple_choice import _continuation_logprob
+
+    model, tok = load_model(STORIES), load_tokenizer(STORIES)
+    context, continuation = "Once upon a time " * 400, " there was a cat."  # ~1,600 tokens, context 512
+    full = [tok.bos_token_id] + tok(context + continuation, add_special_tokens=False)["input_ids"]
+    n_cont = len(full) - 1 - len(tok(context, add_special_tokens=False)["input_ids"])
+    window = full[-512:]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([window])).logits[0, :-1], dim=-1)  # (511, vocab)
+    expected = sum(float(logp[i - 1, window[i]]) for i in range(512 - n_cont, 512))
+    assert _continuation_logprob(model, tok, context, continuation) == pytest.approx(expected, abs=1e-4)

@@ -543,3 +543,26 @@ def test_real_eval_files_read_as_before():
         text = path.read_text(encoding="utf-8")
         old = [d.strip() for d in (text.split("<|endoftext|>") if "<|endoftext|>" in text else [text]) if d.strip()]
         assert documents(path) == old and check_text_file(path, seq_len=128, max_tokens=2000) == len(old)
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_text(tmp_path):
+    record = {"instruction": "Say hi.", "input": "", "output": "Hi."}
+    plain, bom = tmp_path / "a.json", tmp_path / "b.json"
+    plain.write_text(json.dumps([record]), encoding="utf-8")
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())  # as Windows editors save it
+    assert read_documents(bom) == read_documents(plain)
+
+
+@pytest.mark.parametrize("reader", ["alpaca", "piqa"])
+def test_an_unpaired_surrogate_escape_is_refused(reader, tmp_path):
+    if reader == "alpaca":
+        path = tmp_path / "c.json"
+        path.write_text('[{"instruction": "bad \\ud800 text", "output": "x"}]')
+        with pytest.raises(InputFileError, match=r"record \[0\]: 'instruction' is a string with an unpaired"):
+            read_documents(path)
+    else:
+        path = tmp_path / "p.jsonl"
+        path.write_text('{"goal": "g", "sol1": "\\udfff", "sol2": "b"}\n')
+        (tmp_path / "p-labels.lst").write_text("0\n")
+        with pytest.raises(InputFileError, match=r"line 1: 'sol1' is a string with an unpaired"):
+            read_piqa(path)

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import InputFileError, UsageError
-from ..text_input import MissingInputFileError, file_error, json_error, json_type, read_text
+from ..text_input import MissingInputFileError, file_error, is_text, json_error, json_type, read_text
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def read_piqa(path: str | Path, labels: str | Path | None = None) -> list[Choice
         for key in ("goal", "sol1", "sol2"):
             if key not in row:
                 raise file_error(path, "PIQA file", f"line {lineno}: {key!r} is missing; expected {PIQA_RECORD}")
-            if not isinstance(row[key], str):
+            if not is_text(row[key]):
                 raise file_error(
                     path, "PIQA file", f"line {lineno}: {key!r} is {json_type(row[key])}, not a string; expected {PIQA_RECORD}"
                 )
@@ -140,6 +140,11 @@ def _continuation_logprob(model: nn.Module, tokenizer, context: str, continuatio
     n_ctx = len(ctx)
     while n_ctx > 0 and full[:n_ctx] != ctx[:n_ctx]:  # tokenisation may merge across the boundary
         n_ctx -= 1
+    window = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(window, int) and len(full) > window:  # too long for the model: drop the oldest context (as lm-eval)
+        drop = len(full) - window
+        full, n_ctx = full[drop:], n_ctx - drop
+    n_ctx = max(1, n_ctx)  # the first token has no prediction
     ids = torch.tensor([full], device=next(model.parameters()).device)
     with torch.no_grad():
         logits = model(ids).logits.float()  # (1, T, vocab)

@@ -352,6 +352,10 @@ def _load_state(model: nn.Module, path: Path, device: str, tensors: dict | None 
         wrong = [n for n in header if n not in known]
         if wrong:
             raise ModelSourceError(f"{buffers}: the model has no buffers named {', '.join(sorted(wrong)[:5])}")
+        misshaped = [f"{n} {list(shape)} (expected {list(known[n].shape)})" for n, (_, shape) in sorted(header.items())
+                     if tuple(shape) != tuple(known[n].shape)]
+        if misshaped:
+            raise ModelSourceError(f"{buffers}: buffers do not match the architecture: {', '.join(misshaped[:5])}")
         for name, value in load_file(str(buffers), device=device).items():
             mod, attr = _get(model, name)
             mod._buffers[attr] = value

@@ -13,9 +13,14 @@ def generation_speed(model: nn.Module, prompt_len: int = 64, gen_len: int = 64, 
     """Greedy generation of ``gen_len`` tokens after a random ``prompt_len`` prompt (KV cache on).
 
     Returns the median tokens/s over ``repeats`` runs after one warm-up, the parameter
-    memory, and peak memory: CUDA's max allocated on a GPU, the process's peak RSS on CPU.
+    memory, and peak memory: CUDA's max allocated on a GPU, the process's peak RSS on CPU.  A
+    model whose context is shorter than ``prompt_len + gen_len`` gets half of it for each; the
+    report says which lengths were used.
     """
     device = next(model.parameters()).device
+    context = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(context, int) and prompt_len + gen_len > context:  # a short-context model: both halves shrink
+        prompt_len, gen_len = max(1, context // 2), max(1, context - max(1, context // 2))
     vocab = model.get_output_embeddings().weight.shape[0]
     prompt = torch.randint(3, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(seed)).to(device)
     kwargs = dict(max_new_tokens=gen_len, min_new_tokens=gen_len, do_sample=False)

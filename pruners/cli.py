@@ -359,7 +359,8 @@ def _prune(args) -> dict:
             for key, m in (("ppl_before", model), ("ppl_after", result.model)):
                 report[key] = perplexity(m, tokenizer, cfg.eval_text, progress=not args.quiet)
             _check_finite_metrics(report, ("ppl_before", "ppl_after"), cfg.allow_nonfinite)
-        run = {"config": cfg.model_dump(mode="json", exclude={"force"}), "report": report}
+        # NaN/Inf (only with --allow-nonfinite) as strings: config.json stays standard JSON
+        run = {"config": cfg.model_dump(mode="json", exclude={"force"}), "report": strict_json(report)}
         out.write(lambda tmp: write_pruned(result.model, tmp, result.record, source=cfg.tokenizer or cfg.model, run=run))
     return report
 
@@ -395,6 +396,21 @@ def _check_finite_metrics(report: dict, keys, allow: bool, model: str | None = N
             f"{whose}{', '.join(f'{k} is {report[k]}' for k in bad)}: the model computes NaN/Inf; "
             "pass --allow-nonfinite to report (and save) it anyway"
         )
+
+
+def strict_json(value):
+    """``value`` with every NaN/Inf float replaced by its name, so that ``json.dumps`` writes standard JSON.
+
+    >>> strict_json({"ppl": float("nan"), "runs": [1.5, float("inf")]})
+    {'ppl': 'nan', 'runs': [1.5, 'inf']}
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def _warn(message: str) -> None:
@@ -513,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
             args = build_parser().parse_args([a for a in argv if a != "--debug"])
             run, show = COMMANDS[args.command]
             report = run(args)
-            print(json.dumps(report)) if args.json else show(report)
+            print(json.dumps(strict_json(report), allow_nan=False)) if args.json else show(report)
             sys.stdout.flush()  # a closed pipe shows here, inside the try
     except BrokenPipeError:  # e.g. `depprune inspect | head -1`: the reader has what it wanted
         _discard_stdout()

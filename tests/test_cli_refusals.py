@@ -215,7 +215,14 @@ def test_nan_weights_are_refused_and_allowed_only_explicitly(model_copy, tmp_pat
     assert not out.exists()
     code, stdout, err = run_cli(capsys, *prune_argv(model_copy, out, "--eval-text", VALID, "--allow-nonfinite", "--json"))
     assert code == 0, err
-    assert (out / "config.json").is_file()
+
+    def reject(constant):  # NaN / Infinity are not JSON
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    report = json.loads(stdout, parse_constant=reject)
+    assert report["ppl_before"] == report["ppl_after"] == "nan"  # said, in standard JSON
+    saved = json.loads((out / "config.json").read_text(), parse_constant=reject)
+    assert saved["depprune"]["run"]["report"] == report
 
 
 def test_nan_scores_are_refused(tmp_path, capsys, monkeypatch):

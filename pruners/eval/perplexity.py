@@ -92,4 +92,4 @@ def perplexity(
             nll += nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum").item()
             count += ids[:, 1:].numel()
     mean = nll / count
-    return math.exp(mean) if mean < 709.0 else math.inf  # beyond float range: inf, not an OverflowError
+    return math.inf if mean >= 709.0 else math.exp(mean)  # beyond float range: inf, not an OverflowError (NaN stays NaN)

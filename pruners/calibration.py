@@ -39,9 +39,9 @@ class CalibrationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source: Path | None = Field(None, description="text file, or Alpaca-format .json/.jsonl file")
-    samples: int = Field(10, ge=1, description="number of calibration sequences")
-    seq_len: int = Field(128, ge=2, description="tokens per calibration sequence")
-    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed for choosing documents and offsets, in [0, 2**32 - 1]")
+    samples: int = Field(10, strict=True, ge=1, description="number of calibration sequences")
+    seq_len: int = Field(128, strict=True, ge=2, description="tokens per calibration sequence")
+    seed: int = Field(0, strict=True, ge=0, le=MAX_SEED, description="seed for choosing documents and offsets, in [0, 2**32 - 1]")
 
 
 WHAT = "calibration file"

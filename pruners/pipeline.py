@@ -45,9 +45,9 @@ class PruneConfig(PruneTarget):
     layers: LayerRange | None = Field(
         None, description="[start, end) layers to prune: indices (negative from the end) or fractions in [0, 1]"
     )
-    min_units: int = Field(1, ge=1, description="units every pruned group keeps at least")
-    round_to: int = Field(1, ge=1, description="round kept units per group to a multiple of this")
-    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed for random importance and any sampling, in [0, 2**32 - 1]")
+    min_units: int = Field(1, strict=True, ge=1, description="units every pruned group keeps at least")
+    round_to: int = Field(1, strict=True, ge=1, description="round kept units per group to a multiple of this")
+    seed: int = Field(0, strict=True, ge=0, le=MAX_SEED, description="seed for random importance and any sampling, in [0, 2**32 - 1]")
     allow_nonfinite: bool = Field(
         False, description="go on when weights, scores or the pruned model's logits hold NaN/Inf (default: refuse)"
     )

@@ -115,8 +115,8 @@ class PlannerConfig(PruneTarget):
         description="layers to prune, [start, end): integers are indices (negative counts from the end), "
         "floats in [0, 1] are fractions of the depth; LLM-Pruner's 'keep the first 4 and last 2' is [4, -2]",
     )
-    min_units: int = Field(1, ge=1, description="units every pruned group keeps at least")
-    round_to: int = Field(1, ge=1, description="round each group's kept units to a multiple of this (hardware-friendly)")
+    min_units: int = Field(1, strict=True, ge=1, description="units every pruned group keeps at least")
+    round_to: int = Field(1, strict=True, ge=1, description="round each group's kept units to a multiple of this (hardware-friendly)")
 
 
 def resolve_layers(bounds: tuple[LayerBound, LayerBound] | None, n_layers: int) -> set[int]:

@@ -321,6 +321,8 @@ def test_sigterm_mid_run_and_a_second_writer(model_copy, tmp_path, capsys):
         ({"aggregation": ["sum"]}, "unknown --aggregation ['sum']"),
         ({"importance": {"name": "l2"}}, "unknown --importance {'name': 'l2'}"),
         ({"calibration": [1], "FLAG": ["--calibration-samples", "3"]}, "calibration [1] in --config must be a mapping"),
+        ({"min_units": True}, "--min-units True: Input should be a valid integer"),  # not silently 1
+        ({"calibration": {"samples": 2.5}}, "--calibration-samples 2.5: Input should be a valid integer"),
     ],
 )
 def test_run_file_values_of_the_wrong_type(run, message, tmp_path, capsys, no_weights_loaded):

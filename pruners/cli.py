@@ -13,7 +13,6 @@ from collections import Counter
 from pathlib import Path
 
 from .errors import DeppruneError, UsageError, first_line
-from .importance import AGGREGATIONS, ESTIMATORS
 
 EXIT_USAGE = 2  # bad input: one line on stderr, nothing written
 EXIT_INTERNAL = 1  # a bug: "internal error, please report"
@@ -26,6 +25,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> Parser:
+    from .importance import AGGREGATIONS, ESTIMATORS
+
     p = Parser(prog="depprune", description="Structured pruning of causal language models.")
     p.add_argument("--debug", action="store_true", help="show the traceback behind an error message")
     common = Parser(add_help=False)
@@ -188,7 +189,7 @@ def run_config(args):
         for key in path[:-1]:
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
-                raise UsageError(f"{key} {node!r} in --config must be a mapping, e.g. {{source: calib.txt, samples: 10}}")
+                raise UsageError(f"{key} {short_repr(node)} in --config must be a mapping, e.g. {{source: calib.txt, samples: 10}}")
         node[path[-1]] = value
     for required in ("model", "out"):
         if data.get(required) is None:
@@ -202,8 +203,30 @@ def run_config(args):
         err = e.errors()[0]
         if not err["loc"]:  # a cross-field check, e.g. both ratio and kind_ratios in --config
             raise UsageError(f"{err['msg'].removeprefix('Value error, ')}") from e
-        flag = "--" + "-".join(str(x) for x in err["loc"] if isinstance(x, str)).replace("_", "-")
-        raise UsageError(f"{flag} {err.get('input')!r}: {err['msg']}") from e
+        keys = [str(x) for x in err["loc"] if isinstance(x, str)]
+        if err["type"] == "extra_forbidden":  # a key the run config does not have
+            from .calibration import CalibrationConfig
+
+            fields = CalibrationConfig.model_fields if keys[:1] == ["calibration"] and len(keys) > 1 else RunConfig.model_fields
+            raise UsageError(
+                f"unknown option {'.'.join(keys)!r} in --config; valid: {', '.join(sorted(fields))}"
+            ) from e
+        flag = "--" + "-".join(keys).replace("_", "-")
+        raise UsageError(f"{flag} {short_repr(err.get('input'))}: {err['msg']}") from e
+
+
+def short_repr(value) -> str:
+    """``repr(value)`` cut short, so a huge (or YAML-alias-bombed) value costs nothing to report.
+
+    >>> short_repr([[1, 2, 3, 4, 5, 6, 7]] * 1000)
+    '[[1, 2, 3, 4, ...], [1, 2, 3, 4, ...], [1, 2, 3, 4, ...], [1, 2, 3, 4, ...], ...]'
+    """
+    import reprlib
+
+    r = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxset = 3, 4, 4, 4, 4
+    r.maxstring, r.maxother, r.maxlong = 80, 80, 40
+    return r.repr(value)
 
 
 def _target_from_command_line(args, data: dict) -> None:
@@ -279,24 +302,26 @@ def _validate_prune(data: dict) -> None:
 
     ratio = data.get("ratio")
     if ratio is not None and (not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0):
-        raise UsageError(f"--ratio {ratio} is outside (0, 1): it is the fraction of parameters to remove")
+        raise UsageError(f"--ratio {short_repr(ratio)} is outside (0, 1): it is the fraction of parameters to remove")
     kind_ratios = data.get("kind_ratios")
     if kind_ratios is not None and (not isinstance(kind_ratios, dict) or not kind_ratios):
-        raise UsageError(f"kind_ratios {kind_ratios!r} must map kinds to fractions, e.g. {{mlp_channel: 0.5}}")
+        raise UsageError(f"kind_ratios {short_repr(kind_ratios)} must map kinds to fractions, e.g. {{mlp_channel: 0.5}}")
     try:
         for kind, value in (kind_ratios or {}).items():
             _kind_fraction(kind, value)
     except ValueError as e:
         raise UsageError(f"--kind-ratio {e}") from e
+    from .importance import AGGREGATIONS, ESTIMATORS
+
     importance = data.get("importance", "l2")
     if not isinstance(importance, str) or importance not in ESTIMATORS:
-        raise UsageError(f"unknown --importance {importance!r}; valid: {', '.join(sorted(ESTIMATORS))}")
+        raise UsageError(f"unknown --importance {short_repr(importance)}; valid: {', '.join(sorted(ESTIMATORS))}")
     aggregation = data.get("aggregation", "sum")
     if not isinstance(aggregation, str) or aggregation not in AGGREGATIONS:
-        raise UsageError(f"unknown --aggregation {aggregation!r}; valid: {', '.join(sorted(AGGREGATIONS))}")
+        raise UsageError(f"unknown --aggregation {short_repr(aggregation)}; valid: {', '.join(sorted(AGGREGATIONS))}")
     calibration = data.get("calibration")
     if calibration is not None and not isinstance(calibration, dict):
-        raise UsageError(f"calibration {calibration!r} must be a mapping, e.g. {{source: calib.txt, samples: 10, seq_len: 128}}")
+        raise UsageError(f"calibration {short_repr(calibration)} must be a mapping, e.g. {{source: calib.txt, samples: 10, seq_len: 128}}")
     for key, flag in PATH_KEYS.items():
         value = (calibration or {}).get("source") if key == "calibration" else data.get(key)
         if value is not None:
@@ -328,16 +353,27 @@ def _check_input_files(cfg) -> None:
 
 def _prune(args) -> dict:
     """Check everything, reserve OUT, then load, prune, evaluate and write OUT in one swap."""
-    from .checkpoint import load_model, load_tokenizer, write_pruned
-    from .importance import make_estimator, needs_of
     from .output_dir import OutputDir
-    from .pipeline import analyze, check_context, check_feasible, count_params, prune, run_samples
 
     cfg = run_config(args)
     _check_input_files(cfg)
-    trust = args.trust_remote_code
     inputs = [cfg.model, cfg.tokenizer, cfg.calibration.source, cfg.eval_text, args.config]
-    with OutputDir(cfg.out, force=cfg.force, inputs=inputs, warn=_warn) as out:
+    out = OutputDir(cfg.out, force=cfg.force, inputs=inputs, warn=_warn)
+    try:
+        return _prune_into(out, cfg, args)
+    except KeyboardInterrupt as e:
+        e.replaced = out.written and cfg.out  # the swap was done: OUT is the new, complete model
+        raise
+
+
+def _prune_into(out, cfg, args) -> dict:
+    """Inside the reserved OUT: load, prune, evaluate, write; return the report."""
+    from .checkpoint import load_model, load_tokenizer, write_pruned
+    from .importance import make_estimator, needs_of
+    from .pipeline import analyze, check_context, check_feasible, count_params, prune, run_samples
+
+    trust = args.trust_remote_code
+    with out:
         skeleton = load_model(cfg.model, weights=False, trust_remote_code=trust)  # structure only, on meta
         needs_data = bool(needs_of(make_estimator(cfg.importance)))
         if needs_data:
@@ -513,10 +549,11 @@ def main(argv: list[str] | None = None) -> int:
     report", exit code 1, the traceback only with ``--debug``.  SIGINT and SIGTERM end the run
     as an interrupt (exit 130 / 143) after the output directory has been cleaned up.
     """
-    from depgraph import TraceError, UnsupportedOpError
-
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
+    for stream in ("stdout", "stderr"):  # started with a closed stream (`>&-`): nothing to print to
+        if getattr(sys, stream) is None:
+            setattr(sys, stream, open(os.devnull, "w"))  # noqa: SIM115  (lives as long as the process)
     command = next((a for a in argv if a in COMMANDS), None)
     where = f"depprune {command}" if command else "depprune"
     try:
@@ -529,24 +566,42 @@ def main(argv: list[str] | None = None) -> int:
             args = build_parser().parse_args([a for a in argv if a != "--debug"])
             run, show = COMMANDS[args.command]
             report = run(args)
-            print(json.dumps(strict_json(report), allow_nan=False)) if args.json else show(report)
-            sys.stdout.flush()  # a closed pipe shows here, inside the try
+            try:
+                print(json.dumps(strict_json(report), allow_nan=False)) if args.json else show(report)
+                sys.stdout.flush()  # a closed pipe shows here, inside the try
+            except BrokenPipeError:
+                raise
+            except OSError as e:  # a full disk, /dev/full: the work itself is done
+                raise UsageError(f"cannot write the report to standard output ({e.strerror or e})") from e
     except BrokenPipeError:  # e.g. `depprune inspect | head -1`: the reader has what it wanted
         _discard_stdout()
         return 0
-    except (DeppruneError, TraceError, UnsupportedOpError) as e:
+    except DeppruneError as e:
         _report(f"{where}: {one_line(e)}", debug)
         return EXIT_USAGE
-    except _Interrupted as e:
-        _report(f"{where}: interrupted by {e.signal_name}; no output was written or replaced", debug)
-        return 128 + e.signum
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        replaced = getattr(e, "replaced", None)
+        what = f"{replaced!r} was already replaced by the new, complete model" if replaced else "no output was written or replaced"
+        _report(f"{where}: interrupted by {signal.Signals(signum).name}; {what}", debug)
+        return 128 + signum
+
     except Exception as e:  # noqa: BLE001  (the one place that turns a crash into a report)
+        if _is_trace_error(e):  # depgraph cannot trace this model: bad input, not a bug
+            _report(f"{where}: {one_line(e)}", debug)
+            return EXIT_USAGE
         _report(
             f"{where}: internal error, please report it ({type(e).__name__}: {one_line(e)}); "
             "rerun with --debug for the traceback", debug
         )
         return EXIT_INTERNAL
     return 0
+
+
+def _is_trace_error(e: BaseException) -> bool:
+    """depgraph's tracing errors (imported lazily, so that ``main`` starts before torch does)."""
+    tracer = sys.modules.get("depgraph.tracer")
+    return tracer is not None and isinstance(e, (tracer.TraceError, tracer.UnsupportedOpError))
 
 
 def one_line(e: BaseException) -> str:

@@ -444,6 +444,11 @@ class OutputDir:
         self._created: list[Path] = []
         self._written = False
 
+    @property
+    def written(self) -> bool:
+        """Whether the new output has been swapped in (``out`` is then the new, complete directory)."""
+        return self._written
+
     def __enter__(self) -> OutputDir:
         if self._fd is not None:
             raise RuntimeError("OutputDir is not re-entrant")
@@ -479,7 +484,8 @@ class OutputDir:
         for entry in entries:
             p = parent / entry
             if entry.startswith(old_prefix(name)):
-                if not os.path.lexists(self._resolved):
+                ours = p.is_dir() and not p.is_symlink() and _marker_files(p) is not None
+                if ours and not os.path.lexists(self._resolved):  # only depprune's own tree is put back
                     os.rename(p, self._resolved)
                     self._note(p, f"restored {self._text} from {p}, left by an interrupted run")
                 else:

@@ -225,7 +225,10 @@ def check_finite_scores(scores: dict[str, np.ndarray], importance: str) -> None:
 
 
 def probe_tokens(model: nn.Module, length: int = 16) -> torch.Tensor:
-    """A fixed ``(1, length)`` batch of token ids (seeded) for checking a model's logits."""
+    """A fixed ``(1, length)`` batch of token ids (seeded) for checking a model's logits (within its context)."""
+    context = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(context, int):
+        length = max(1, min(length, context))
     vocab = model.get_input_embeddings().weight.shape[0]
     return torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(0))
 

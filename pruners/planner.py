@@ -261,6 +261,8 @@ def _chosen(groups: Sequence[Group], config: PlannerConfig, total_params: int) -
     """The planned groups and the parameters ``config.ratio`` asks to remove from them."""
     chosen = [g for g, _ in _planned(groups, config)]
     target = round(config.ratio * total_params)
+    if target == 0:
+        raise PlanError(f"ratio {config.ratio} of {total_params} parameters removes none; give a larger --ratio")
     capacity = sum(g.unit_params * g.n_units for g in chosen)
     if target >= capacity:
         raise PlanError(

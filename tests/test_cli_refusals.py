@@ -442,3 +442,56 @@ def test_speed_of_a_model_with_a_short_context_fits_it():
     model = GPT2LMHeadModel(GPT2Config(n_positions=8, n_embd=16, n_layer=1, n_head=2, vocab_size=64)).eval()
     report = generation_speed(model, repeats=1)
     assert (report["prompt_len"], report["gen_len"]) == (4, 4) and report["tokens_per_s"] > 0
+
+
+# -- second sweep -------------------------------------------------------------------------------
+
+def test_an_interrupt_after_the_swap_says_the_output_was_replaced(tmp_path, capsys, monkeypatch):
+    import pruners.output_dir
+
+    out = tmp_path / "out"
+    assert run_cli(capsys, *prune_argv(STORIES, out))[0] == 0
+
+    def interrupted(path):  # SIGTERM while the previous output is being deleted
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pruners.output_dir, "_discard_old", interrupted)
+    code, _, err = run_cli(capsys, "prune", "--model", STORIES, "--ratio", "0.3", "--out", out, "--force", "--quiet")
+    assert code == 130 and f"{str(out)!r} was already replaced by the new, complete model" in err, err
+    assert json.loads((out / "config.json").read_text())["depprune"]["run"]["config"]["ratio"] == 0.3
+
+
+def test_standard_output_closed_or_full(tmp_path):
+    closed = subprocess.run(f"{sys.executable} -m pruners.cli inspect --model {STORIES} >&-", shell=True, cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert closed.returncode == 0 and closed.stderr == "", closed.stderr
+    full = subprocess.run(f"{sys.executable} -m pruners.cli inspect --model {STORIES} > /dev/full", shell=True, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert full.returncode == 2 and "cannot write the report to standard output (No space left on device)" in full.stderr
+
+
+def test_a_short_context_model_prunes(tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_positions=8, n_embd=32, n_layer=2, n_head=4, vocab_size=64)).save_pretrained(model)
+    code, _, err = run_cli(capsys, *prune_argv(model, tmp_path / "o"))  # the logit probe fits 8 positions
+    assert code == 0, err
+
+
+def test_run_file_unknown_keys_and_alias_bombs_are_refused_quickly(tmp_path, capsys, no_weights_loaded):
+    path = tmp_path / "run.yaml"
+    path.write_text(f"model: {STORIES}\nout: {tmp_path / 'o'}\nratio: 0.2\nbogus: 1\n")
+    code, _, err = run_cli(capsys, "prune", "--config", path)
+    assert_refused(code, err, "unknown option 'bogus' in --config; valid: aggregation, allow_nonfinite, calibration")
+    levels = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 8)]  # 10**8 strings if expanded
+    path.write_text(f"model: {STORIES}\nout: {tmp_path / 'o'}\nratio: 0.2\n" + "\n".join(levels) + "\nkinds: *a7\n")
+    start = time.monotonic()
+    code, _, err = run_cli(capsys, "prune", "--config", path)
+    assert code == 2 and len(err) < 1000 and time.monotonic() - start < 20, err
+
+
+def test_a_ratio_that_removes_nothing_is_refused(tmp_path, capsys, no_weights_loaded):
+    code, _, err = run_cli(capsys, "prune", "--model", STORIES, "--ratio", "1e-300", "--out", tmp_path / "o", "--quiet")
+    assert_refused(code, err, "ratio 1e-300 of 260032 parameters removes none")

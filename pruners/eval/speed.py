@@ -22,7 +22,8 @@ def generation_speed(model: nn.Module, prompt_len: int = 64, gen_len: int = 64, 
     if isinstance(context, int) and prompt_len + gen_len > context:  # a short-context model: both halves shrink
         prompt_len, gen_len = max(1, context // 2), max(1, context - max(1, context // 2))
     vocab = model.get_output_embeddings().weight.shape[0]
-    prompt = torch.randint(3, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(seed)).to(device)
+    low = 3 if vocab > 3 else 0  # skip the usual special ids when the vocabulary has more
+    prompt = torch.randint(low, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(seed)).to(device)
     kwargs = dict(max_new_tokens=gen_len, min_new_tokens=gen_len, do_sample=False)
     model.eval()
     with torch.no_grad():

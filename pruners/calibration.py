@@ -55,8 +55,9 @@ def read_documents(path: str | Path) -> list[str]:
     missing file's error is also a :class:`FileNotFoundError`.
     """
     path = Path(path)
-    if path.suffix in (".json", ".jsonl"):
-        expected = "a JSON list of " + ALPACA_RECORD if path.suffix == ".json" else "one JSON object per line, " + ALPACA_RECORD
+    suffix = path.suffix.lower()  # calib.JSON is JSON too
+    if suffix in (".json", ".jsonl"):
+        expected = "a JSON list of " + ALPACA_RECORD if suffix == ".json" else "one JSON object per line, " + ALPACA_RECORD
         return [alpaca_prompt(r) for r in _alpaca_records(path, read_text(path, WHAT, expected))]
     text = read_text(path, WHAT)
     parts = text.split("<|endoftext|>") if "<|endoftext|>" in text else text.split("\n\n")
@@ -74,7 +75,7 @@ def check_calibration_file(path: str | Path) -> int:
 def _alpaca_records(path: Path, text: str) -> list[dict]:
     """The records of an Alpaca ``.json`` (a list) or ``.jsonl`` (an object per line) text, each checked."""
     records: list = []
-    if path.suffix == ".jsonl":
+    if path.suffix.lower() == ".jsonl":
         for lineno, line in enumerate(text.split("\n"), 1):
             if not line.strip():
                 continue

@@ -185,7 +185,33 @@ def _build(config, where: Path, device: str, trust: bool, attn: dict) -> nn.Modu
         with torch.device(device):
             return AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust, **attn)
     except Exception as e:
-        raise ModelSourceError(f"transformers cannot build a model from {where}: {exception_line(e)}") from e
+        raise ModelSourceError(
+            f"transformers cannot build a model from {where}: {exception_line(e)}{_config_field_hint(config, e)}"
+        ) from e
+
+
+def _config_field_hint(config, e: Exception) -> str:
+    """For a KeyError on a config value (an unknown ``hidden_act`` or ``rope_type``): which field holds it.
+
+    >>> from transformers import LlamaConfig
+    >>> _config_field_hint(LlamaConfig(hidden_act="nope"), KeyError("nope"))
+    " (the value of 'hidden_act' in config.json is not one transformers knows)"
+    """
+    if not isinstance(e, KeyError) or not e.args:
+        return ""
+
+    def find(node, path):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                hit = find(v, path + [str(k)])
+                if hit:
+                    return hit
+        elif isinstance(node, str) and node == e.args[0]:
+            return ".".join(path)
+        return None
+
+    field = find(config.to_dict(), [])
+    return f" (the value of {field!r} in config.json is not one transformers knows)" if field else ""
 
 
 class _NoLoadReport(logging.Filter):

@@ -20,6 +20,10 @@ LINE_LIMIT = 400  # characters of an error message shown without --debug
 
 
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # --mod is not silently --model
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, not usage + message
         raise UsageError(message)
 

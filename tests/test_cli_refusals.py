@@ -495,3 +495,17 @@ def test_run_file_unknown_keys_and_alias_bombs_are_refused_quickly(tmp_path, cap
 def test_a_ratio_that_removes_nothing_is_refused(tmp_path, capsys, no_weights_loaded):
     code, _, err = run_cli(capsys, "prune", "--model", STORIES, "--ratio", "1e-300", "--out", tmp_path / "o", "--quiet")
     assert_refused(code, err, "ratio 1e-300 of 260032 parameters removes none")
+
+
+def test_abbreviated_flags_are_refused(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "prune", "--mod", STORIES, "--ratio", "0.2", "--out", tmp_path / "o")
+    assert_refused(code, err, "unrecognized arguments: --mod")
+
+
+def test_an_upper_case_json_suffix_is_still_alpaca(tmp_path):
+    from pruners.calibration import read_documents
+
+    record = json.dumps([{"instruction": "Say hi.", "input": "", "output": "Hi."}])
+    (tmp_path / "a.json").write_text(record)
+    (tmp_path / "b.JSON").write_text(record)
+    assert read_documents(tmp_path / "b.JSON") == read_documents(tmp_path / "a.json")

@@ -286,11 +286,8 @@ def check_path_argument(flag: str, value: object) -> str:
         raise UsageError(f"{flag} must be a path (a string), got {type(value).__name__} {value!r}"[:LINE_LIMIT])
     if "\x00" in value:
         raise UsageError(f"{flag} {value!r} holds a NUL character, which no file name can")
-    try:
-        encoded = value.encode("utf-8")
-    except UnicodeEncodeError:
-        shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        raise UsageError(f"{flag} {shown!r} is not valid UTF-8; rename the file or directory") from None
+    _check_utf8(flag, value)
+    encoded = value.encode("utf-8")
     longest = max((len(part) for part in encoded.split(b"/")), default=0)
     if longest > NAME_MAX or len(encoded) > PATH_MAX:
         raise UsageError(
@@ -630,11 +627,16 @@ def _report(message: str, debug: bool) -> None:
 def _check_text_arguments(argv: list[str]) -> None:
     """Refuse arguments that are not valid UTF-8 (paths with undecodable bytes) before anything uses them."""
     for a in argv:
-        try:
-            a.encode("utf-8")
-        except UnicodeEncodeError:
-            shown = a.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            raise UsageError(f"argument {shown!r} is not valid UTF-8; rename the file or directory") from None
+        _check_utf8("argument", a)
+
+
+def _check_utf8(label: str, value: str) -> None:
+    """Refuse a string holding undecodable bytes (Python keeps them as lone surrogates), shown escaped."""
+    from .text_input import is_text
+
+    if not is_text(value):
+        shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise UsageError(f"{label} {shown!r} is not valid UTF-8; rename the file or directory")
 
 
 def _quiet_libraries() -> None:
@@ -651,7 +653,6 @@ class _Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
-        self.signal_name = signal.Signals(signum).name
 
 
 class _signals_as_interrupts:

@@ -23,7 +23,7 @@ Runs
 
 Scores (:func:`pruners.pipeline.member_scores`) are computed once per (estimator, seed) -- one
 calibration pass -- and every aggregation and ratio is planned from them; every grouped plan
-is sliced for real with :func:`pruners.executor.execute` (the same path as ``depprune prune``).
+is sliced for real with :func:`pruners.slicing.executor.execute` (the same path as ``depprune prune``).
 
 Run it from the repository root after ``pip install -e .[bench]`` (matplotlib for the plot)::
 
@@ -37,7 +37,6 @@ against LLM-Pruner's) and ``ablation_ppl.png`` (perplexity vs parameter reductio
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import json
 import platform
@@ -49,14 +48,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pruners import pipeline
-from pruners.calibration import CalibrationConfig, calibration_samples
-from pruners.checkpoint import load_model
+import pruners
+from pruners import (
+    AGGREGATIONS,
+    ESTIMATORS,
+    CalibrationConfig,
+    PlannerConfig,
+    PruneConfig,
+    aggregate,
+    analyze,
+    calibration_samples,
+    count_params,
+    execute,
+    load_model,
+    make_estimator,
+    make_plan,
+    masked_copy,
+    needs_of,
+    removed_positions,
+    select_groups,
+)
 from pruners.eval import perplexity
-from pruners.executor import execute
-from pruners.importance import AGGREGATIONS, ESTIMATORS, aggregate, make_estimator, needs_of
-from pruners.pipeline import analyze, count_params
-from pruners.planner import PlannerConfig, make_plan, select_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -89,30 +101,11 @@ def evaluate(model: torch.nn.Module, s: Setup) -> dict[str, float]:
 def member_scores(s: Setup, importance: str, seed: int) -> dict[str, torch.Tensor]:
     """The estimator's rows, ``(n_members, n_units)``, of every planned group (calibration drawn with ``seed``)."""
     samples = None
+    cal = CalibrationConfig(source=s.args.calibration, samples=s.args.samples, seq_len=s.args.seq_len)
     if needs_of(make_estimator(importance)):
-        cal = CalibrationConfig(source=s.args.calibration, samples=s.args.samples, seq_len=s.args.seq_len, seed=seed)
-        samples = calibration_samples(cal, s.tokenizer)
-    return pipeline.member_scores(s.model, s.chosen, importance, seed, progress=False, samples=samples)
-
-
-def masked_copy(model: torch.nn.Module, drops: list[tuple[str, int, np.ndarray]]) -> torch.nn.Module:
-    """A copy of ``model`` with positions ``(param, axis, positions)`` zeroed."""
-    out = copy.deepcopy(model)
-    params = dict(out.named_parameters())
-    with torch.no_grad():
-        for name, axis, pos in drops:
-            params[name].index_fill_(axis, torch.as_tensor(pos, dtype=torch.long), 0.0)
-    return out
-
-
-def grouped_drops(s: Setup, keep: dict[str, list[int]]) -> list[tuple[str, int, np.ndarray]]:
-    """Every member slice of every removed unit (the coupled plan, as masks)."""
-    drops = []
-    for g in s.chosen:
-        if g.id in keep:
-            gone = np.setdiff1d(np.arange(g.n_units), keep[g.id])
-            drops += [(m.param, m.axis, np.flatnonzero(np.isin(m.unit_of, gone))) for m in g.members]
-    return drops
+        samples = calibration_samples(cal, s.tokenizer, seed)
+    config = PruneConfig(ratio=0.5, importance=importance, seed=seed, calibration=cal)  # ratio unused: scores only
+    return pruners.member_scores(s.model, s.chosen, config, samples, progress=False)
 
 
 def uncoupled_drops(s: Setup, rows: dict[str, torch.Tensor], keep: dict[str, list[int]]) -> list[tuple[str, int, np.ndarray]]:
@@ -161,7 +154,7 @@ def run_all(s: Setup) -> list[dict]:
                         masked = masked_copy(s.model, uncoupled_drops(s, member, plan.keep))
                         rows.append({**base, "coupling": "uncoupled", **evaluate(masked, s)})
                     if agg == "sum" and name == "l2":
-                        masked = masked_copy(s.model, grouped_drops(s, plan.keep))
+                        masked = masked_copy(s.model, removed_positions(s.chosen, plan.keep))
                         rows.append({**base, "coupling": "grouped-masked", **evaluate(masked, s)})
                     done += 1
                     print(f"[{done}/{total} {time.time() - t0:6.0f}s] {name:<15}{agg:<5} seed {seed} ratio {ratio:.2f}: "

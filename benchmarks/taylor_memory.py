@@ -140,32 +140,69 @@ class RssSampler:
 # --------------------------------------------------------------------------- child mode
 
 
-def run_one(estimator: str, shape: str, n_samples: int, seq_len: int) -> dict:
-    """Child mode: build the model, score it with ``estimator``, report memory and time."""
+def _build(shape: str):
+    """The random-weight model of ``shape`` in fp32, with the time and resident memory its construction took."""
     import torch
     import transformers
 
-    import pruners.pipeline
-    from pruners.pipeline import analyze, score_groups
-    from pruners.planner import select_groups
-
     LlamaConfig, LlamaForCausalLM = transformers.LlamaConfig, transformers.LlamaForCausalLM  # resolve lazy imports
     torch.manual_seed(0)
-    rss_before_build = rss_kib()
-
+    rss_before = rss_kib()
     t0 = time.perf_counter()
     model = LlamaForCausalLM(LlamaConfig(**SHAPES[shape])).float().eval()
-    build_s = time.perf_counter() - t0
-    rss_after_build = rss_kib()
+    return model, {"build_s": time.perf_counter() - t0, "rss_before_build_kib": rss_before, "rss_after_build_kib": rss_kib()}
+
+
+def _peaks(sampler, hwm_ok: bool) -> tuple[int | None, int | None]:
+    """The phase's resident-memory peak: kernel high-water mark (when it could be reset) and sampled."""
+    return (_status_kib("VmHWM") if hwm_ok else None), sampler.take()
+
+
+def _collect_phase(model, chosen, needs, samples) -> tuple[object, dict]:
+    """Calibration signals for ``chosen`` (``pruners.group_signals``, the library's call), timed and measured."""
+    from pruners import group_signals
+
+    hwm_ok = reset_hwm()
+    with RssSampler() as sampler:
+        t, c = time.perf_counter(), time.process_time()
+        signals = group_signals(model, chosen, needs, samples, progress=False) if needs else None
+        phase = {"collect_s": time.perf_counter() - t, "collect_cpu_s": time.process_time() - c}
+        phase["collect_peak_hwm_kib"], phase["collect_peak_sampled_kib"] = _peaks(sampler, hwm_ok)
+    phase["rss_after_collect_kib"] = rss_kib()
+    phase["hwm_reset_ok"] = hwm_ok
+    return signals, phase
+
+
+def _estimator_phase(model, chosen, config, signals) -> tuple[dict, dict]:
+    """The estimator's scores from collected ``signals`` (``pruners.score_groups``), timed and measured."""
+    from pruners import score_groups
+
+    hwm_ok = reset_hwm()
+    with RssSampler() as sampler:
+        t = time.perf_counter()
+        scores = score_groups(model, chosen, config, progress=False, signals=signals)
+        phase = {"estimator_s": time.perf_counter() - t}
+        phase["estimator_peak_hwm_kib"], phase["estimator_peak_sampled_kib"] = _peaks(sampler, hwm_ok)
+    phase["hwm_reset_ok"] = phase.get("hwm_reset_ok", True) and hwm_ok
+    return scores, phase
+
+
+def run_one(estimator: str, shape: str, n_samples: int, seq_len: int) -> dict:
+    """Child mode: build the model, score it with ``estimator``, report memory and time."""
+    import torch
+
+    from pruners import PruneConfig, analyze, make_estimator, needs_of, select_groups
+
+    model, built = _build(shape)
     unique = list({p.data_ptr(): p for p in model.parameters()}.values())
     weight_bytes = sum(p.numel() * p.element_size() for p in unique)
     num_params = sum(p.numel() for p in unique)
 
     t0 = time.perf_counter()
-    tr, groups = analyze(model)  # the trace stays alive during scoring, as in pruners.pipeline.prune
+    tr, groups = analyze(model)  # the trace stays alive during scoring, as in pruners.prune
     chosen = select_groups(groups, KINDS)
     analyze_s = time.perf_counter() - t0
-    # score_groups differentiates only the weights of the scored groups (not embeddings / LM head)
+    # scoring differentiates only the weights of the scored groups (not embeddings / LM head)
     named = dict(model.named_parameters())
     scored = {m.param for g in chosen for m in g.members if m.param in named}
     scored_bytes = {n: named[n].numel() * named[n].element_size() for n in scored}
@@ -174,38 +211,15 @@ def run_one(estimator: str, shape: str, n_samples: int, seq_len: int) -> dict:
     gen = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
     samples = [torch.randint(0, vocab, (1, seq_len), generator=gen) for _ in range(n_samples)]
+    config = PruneConfig(ratio=0.5, importance=estimator)  # the ratio is not used: scores only
 
-    # Time and measure signal collection apart from the estimator: score_groups looks
-    # collect_signals up in its module, so a timing wrapper there sees exactly the library's call.
-    phases: dict = {}
-    library_collect = pruners.pipeline.collect_signals
-
-    def timed_collect(*args, **kwargs):
-        t, c = time.perf_counter(), time.process_time()
-        signals = library_collect(*args, **kwargs)
-        phases["collect_s"] = time.perf_counter() - t
-        phases["collect_cpu_s"] = time.process_time() - c
-        phases["collect_peak_hwm_kib"] = _status_kib("VmHWM") if hwm_ok else None
-        phases["collect_peak_sampled_kib"] = sampler.take()
-        phases["rss_after_collect_kib"] = rss_kib()
-        reset_hwm()
-        phases["t_estimator_start"] = time.perf_counter()
-        return signals
-
-    pruners.pipeline.collect_signals = timed_collect
     rss_before_scoring = rss_kib()
-    hwm_ok = reset_hwm()
-    try:
-        with RssSampler() as sampler:
-            t0 = time.perf_counter()
-            scores = score_groups(model, chosen, estimator, "sum", seed=0, progress=False, samples=samples)
-            t1 = time.perf_counter()
-            score_peak_hwm = _status_kib("VmHWM") if hwm_ok else None
-            score_peak_sampled = sampler.take()
-    finally:
-        pruners.pipeline.collect_signals = library_collect
-
-    estimator_s = t1 - phases.pop("t_estimator_start")
+    signals, phases = _collect_phase(model, chosen, needs_of(make_estimator(estimator)), samples)
+    scores, est = _estimator_phase(model, chosen, config, signals)
+    hwm_ok = phases["hwm_reset_ok"] and est["hwm_reset_ok"]
+    score_peak_hwm, score_peak_sampled = est["estimator_peak_hwm_kib"], est["estimator_peak_sampled_kib"]
+    rss_before_build, rss_after_build, build_s = built["rss_before_build_kib"], built["rss_after_build_kib"], built["build_s"]
+    estimator_s = est["estimator_s"]
     peaks = [v for v in (phases["collect_peak_hwm_kib"], phases["collect_peak_sampled_kib"],
                          score_peak_hwm, score_peak_sampled) if v is not None]
     peak = max(peaks)
@@ -227,7 +241,7 @@ def run_one(estimator: str, shape: str, n_samples: int, seq_len: int) -> dict:
         "collect_s": phases["collect_s"],
         "collect_cpu_s": phases["collect_cpu_s"],
         "estimator_s": estimator_s,
-        "total_scoring_s": t1 - t0,
+        "total_scoring_s": phases["collect_s"] + estimator_s,
         "collect_s_per_token": phases["collect_s"] / tokens,
         "rss_before_build_kib": rss_before_build,
         "rss_after_build_kib": rss_after_build,

@@ -30,6 +30,10 @@ class ModelSourceError(DeppruneError, ValueError):
     """The given path is not a model depprune can load safely (missing, corrupt, inconsistent)."""
 
 
+class PlanError(DeppruneError, ValueError):
+    """A pruning target or plan that cannot be met or executed (unknown group, every unit removed, ...)."""
+
+
 class OutputError(DeppruneError, OSError):
     """The output directory cannot be written or replaced without risking other data."""
 

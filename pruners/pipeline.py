@@ -1,73 +1,27 @@
-"""The public Python API: trace -> groups -> scores -> plan -> slice, in one call.
+"""One-shot pruning in one call: trace -> groups -> scores -> plan -> slice (:func:`prune`).
 
->>> from pruners.pipeline import PruneConfig
->>> PruneConfig(ratio=0.2, importance="l2").kinds
-['attention', 'mlp_channel']
->>> PruneConfig(kind_ratios={"attention": 0.25, "mlp_channel": 0.5}).planner().kind_ratios
-{'attention': 0.25, 'mlp_channel': 0.5}
+The steps are also public on their own: :func:`analyze` (trace and groups), :func:`score_groups`
+(importance), :func:`pruners.planner.make_plan` and :func:`pruners.slicing.execute`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
 from torch import nn
 from tqdm.auto import tqdm
 
 from depgraph import meta_copy, trace
 from depgraph.groups import Group, find_groups
 
-from .calibration import MAX_SEED, CalibrationConfig, calibration_samples
+from .config import PruneConfig
 from .errors import NonFiniteError, UsageError
-from .executor import PruneRecord, execute
-from .importance import (
-    AGGREGATIONS,
-    ESTIMATORS,
-    ScoringContext,
-    aggregate,
-    collect_signals,
-    make_estimator,
-    needs_of,
-)
-from .planner import LayerRange, Plan, PlannerConfig, PruneTarget, make_plan, select_groups
-
-
-class PruneConfig(PruneTarget):
-    """One structured-pruning run: a target (``ratio`` or ``kind_ratios``, see :class:`PruneTarget`) and the rest."""
-
-    importance: str = Field("l2", description="registered importance estimator (see `depprune prune --help`)")
-    aggregation: str = Field("sum", description="how member scores combine into one score per unit")
-    strategy: Literal["uniform", "global"] = Field("uniform", description="uniform per-group ratio, or global ranking")
-    layers: LayerRange | None = Field(
-        None, description="[start, end) layers to prune: indices (negative from the end) or fractions in [0, 1]"
-    )
-    min_units: int = Field(1, strict=True, ge=1, description="units every pruned group keeps at least")
-    round_to: int = Field(1, strict=True, ge=1, description="round kept units per group to a multiple of this")
-    seed: int = Field(0, strict=True, ge=0, le=MAX_SEED, description="seed for random importance and any sampling, in [0, 2**32 - 1]")
-    allow_nonfinite: bool = Field(
-        False, description="go on when weights, scores or the pruned model's logits hold NaN/Inf (default: refuse)"
-    )
-    calibration: CalibrationConfig = Field(
-        default_factory=CalibrationConfig, description="calibration data for gradient/activation estimators"
-    )
-
-    @field_validator("importance", "aggregation")
-    @classmethod
-    def _registered(cls, v: str, info) -> str:
-        registry = ESTIMATORS if info.field_name == "importance" else AGGREGATIONS
-        if v not in registry:
-            raise ValueError(f"unknown {info.field_name} {v!r}; registered: {', '.join(sorted(registry))}")
-        return v
-
-    def planner(self) -> PlannerConfig:
-        return PlannerConfig(
-            ratio=self.ratio, kind_ratios=self.kind_ratios, kinds=self.kinds, strategy=self.strategy, layers=self.layers,
-            min_units=self.min_units, round_to=self.round_to,
-        )
+from .importance import ScoringContext, Signals, aggregate, collect_signals, make_estimator, needs_of
+from .importance.calibration import calibration_samples
+from .planner import Plan, make_plan, select_groups
+from .slicing.executor import PruneRecord, execute
 
 
 @dataclass
@@ -98,46 +52,54 @@ def analyze(model: nn.Module) -> tuple[object, list[Group]]:
 def member_scores(
     model: nn.Module,
     groups: list[Group],
-    importance: str,
-    seed: int,
-    progress: bool = True,
+    config: PruneConfig,
     samples: list[torch.Tensor] | None = None,
+    progress: bool = True,
+    signals: Signals | None = None,
 ) -> dict[str, torch.Tensor]:
     """The estimator's rows for every group, ``(n_members, n_units)`` per group id, before aggregation.
 
-    Calibration ``samples`` feed estimators that need signals; only the groups' own weights
-    are differentiated.
+    The estimator is ``config.importance`` with ``config.importance_options``, seeded by
+    ``config.seed``.  Calibration ``samples`` feed estimators that need signals (collected
+    here by :func:`group_signals`, unless already collected ones are passed as ``signals``).
     """
-    estimator = make_estimator(importance)
+    estimator = make_estimator(config.importance, **config.importance_options)
     needs = needs_of(estimator)
-    if needs and not samples:
-        raise ValueError(f"importance {importance!r} needs calibration samples (CLI: --calibration FILE)")
-    scored = {m.param for g in groups for m in g.members}  # no gradients for weights no group reads
-    signals = collect_signals(model, samples or [], needs, progress, params=scored) if needs else None
-    ctx = ScoringContext.for_model(model, seed, signals)
+    if needs and signals is None:
+        signals = group_signals(model, groups, needs, samples, progress)
+    ctx = ScoringContext.for_model(model, config.seed, signals)
     return {
         g.id: estimator.score(g, ctx)
-        for g in tqdm(groups, desc=f"scoring ({importance})", disable=not progress, leave=False)
+        for g in tqdm(groups, desc=f"scoring ({config.importance})", disable=not progress, leave=False)
     }
+
+
+def group_signals(
+    model: nn.Module, groups: list[Group], needs: frozenset[str], samples: list[torch.Tensor] | None, progress: bool = True
+) -> Signals:
+    """The calibration signals ``needs`` names, for the weights of ``groups`` only (no gradients for others)."""
+    if not samples:
+        raise UsageError(f"reading {', '.join(sorted(needs))} needs calibration samples (CLI: --calibration FILE)")
+    scored = {m.param for g in groups for m in g.members}
+    return collect_signals(model, samples, needs, progress, params=scored)
 
 
 def score_groups(
     model: nn.Module,
     groups: list[Group],
-    importance: str,
-    aggregation: str,
-    seed: int,
-    progress: bool = True,
+    config: PruneConfig,
     samples: list[torch.Tensor] | None = None,
+    progress: bool = True,
+    signals: Signals | None = None,
 ) -> dict[str, np.ndarray]:
-    """One score per unit of every group: :func:`member_scores` reduced by ``aggregation``."""
-    rows = member_scores(model, groups, importance, seed, progress, samples)
-    return {gid: aggregate(aggregation, r).numpy() for gid, r in rows.items()}
+    """One score per unit of every group: :func:`member_scores` reduced by ``config.aggregation``."""
+    rows = member_scores(model, groups, config, samples, progress, signals)
+    return {gid: aggregate(config.aggregation, r).numpy() for gid, r in rows.items()}
 
 
 def run_samples(config: PruneConfig, tokenizer) -> list[torch.Tensor]:
     """The calibration samples of a run: ``config.calibration`` drawn under the run's ``seed``."""
-    return calibration_samples(config.calibration.model_copy(update={"seed": config.seed}), tokenizer)
+    return calibration_samples(config.calibration, tokenizer, config.seed)
 
 
 def check_context(config: PruneConfig, model: nn.Module) -> None:
@@ -158,13 +120,12 @@ def check_context(config: PruneConfig, model: nn.Module) -> None:
 
 
 def check_feasible(groups: list[Group], config: PruneConfig, total_params: int) -> Plan:
-    """Plan with dummy scores: raises :class:`~pruners.executor.PlanError` before any weight is read.
+    """Plan with dummy scores: raises :class:`~pruners.slicing.executor.PlanError` before any weight is read.
 
     Works for either target (``ratio`` or ``kind_ratios``) and either strategy.
     """
-    planner = config.planner()
-    dummy = {g.id: np.zeros(g.n_units) for g in select_groups(groups, planner.kinds, planner.layers)}
-    return make_plan(groups, dummy, planner, total_params)
+    dummy = {g.id: np.zeros(g.n_units) for g in select_groups(groups, config.kinds, config.layers)}
+    return make_plan(groups, dummy, config, total_params)
 
 
 def prune(
@@ -184,7 +145,7 @@ def prune(
     NaN/Inf in the source or pruned model's logits, or in the scores, raise
     :class:`~pruners.errors.NonFiniteError` unless ``config.allow_nonfinite``.
     """
-    if samples is None and needs_of(make_estimator(config.importance)):
+    if samples is None and needs_of(make_estimator(config.importance, **config.importance_options)):
         if tokenizer is None or config.calibration.source is None:
             raise UsageError(f"importance {config.importance!r} needs calibration data: a tokenizer and calibration.source")
         check_context(config, model)
@@ -192,15 +153,14 @@ def prune(
     torch.manual_seed(config.seed)
     tr, groups = analysis if analysis is not None else analyze(model)
     before = count_params(model)
-    planner = config.planner()
-    chosen = select_groups(groups, planner.kinds, planner.layers)
+    chosen = select_groups(groups, config.kinds, config.layers)
     probe = samples[0] if samples else probe_tokens(model)
     if not config.allow_nonfinite:
         check_finite_logits(model, probe, "the source model")
-    scores = score_groups(model, chosen, config.importance, config.aggregation, config.seed, progress, samples)
+    scores = score_groups(model, chosen, config, samples, progress)
     if not config.allow_nonfinite:
         check_finite_scores(scores, config.importance)
-    plan = make_plan(groups, scores, planner, before)
+    plan = make_plan(groups, scores, config, before)
     pruned, record = execute(model, tr, groups, plan.keep)
     if not config.allow_nonfinite:
         check_finite_logits(pruned, probe, "the pruned model")

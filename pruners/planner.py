@@ -12,111 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, get_args
 
 import numpy as np
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from depgraph.groups import Group
 
-from .executor import PlanError
-
-KindName = Literal["attention", "attention_head", "kv_group", "query_head", "mlp_channel", "hidden_channel"]
-KIND_NAMES: tuple[str, ...] = get_args(KindName)
-
-
-LayerBound = int | float
-Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
-
-
-def _fractions_in_range(bounds: tuple[LayerBound, LayerBound]) -> tuple[LayerBound, LayerBound]:
-    for b in bounds:
-        if isinstance(b, float) and not 0.0 <= b <= 1.0:
-            raise ValueError(f"a fractional layer bound must be in [0, 1], got {b}")
-    return bounds
-
-
-LayerRange = Annotated[tuple[LayerBound, LayerBound], AfterValidator(_fractions_in_range)]
-
-
-def check_kinds(kinds: Sequence[str]) -> list[str]:
-    """``kinds`` without repeats; refuses none, and KV groups together with query heads.
-
-    >>> check_kinds(["mlp_channel", "attention", "mlp_channel"])
-    ['mlp_channel', 'attention']
-    """
-    if not kinds:
-        raise ValueError("at least one kind is required")
-    if "query_head" in kinds and ("kv_group" in kinds or "attention" in kinds):
-        raise ValueError("prune either whole KV groups ('attention'/'kv_group') or query heads within them, not both")
-    return list(dict.fromkeys(kinds))
-
-
-class PruneTarget(BaseModel):
-    """How much to prune: a fraction of parameters (``ratio``) or of units per kind (``kind_ratios``).
-
-    Exactly one of the two is given.  With ``kind_ratios`` the planned kinds are its keys:
-
-    >>> PruneTarget(kind_ratios={"attention": 0.25, "mlp_channel": 0.5}).kinds
-    ['attention', 'mlp_channel']
-    >>> PruneTarget(ratio=0.2).kinds
-    ['attention', 'mlp_channel']
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    ratio: float | None = Field(
-        None, gt=0.0, lt=1.0, description="fraction of the model's parameters to remove, in (0, 1); or give kind_ratios"
-    )
-    kind_ratios: dict[KindName, Fraction] | None = Field(
-        None,
-        description="instead of ratio: the fraction of units, in (0, 1), removed from every planned group of each "
-        "kind, e.g. {attention: 0.25, mlp_channel: 0.5} (LLM-Pruner's per-layer ratio); its keys are the planned kinds",
-    )
-    kinds: list[KindName] = Field(
-        default_factory=lambda: ["attention", "mlp_channel"],
-        description="group kinds to prune; 'attention' means whole KV groups under GQA and heads otherwise",
-    )
-
-    @field_validator("kinds")
-    @classmethod
-    def _valid_kinds(cls, v: list[str]) -> list[str]:
-        return check_kinds(v)
-
-    @model_validator(mode="after")
-    def _one_target(self):
-        if (self.ratio is None) == (self.kind_ratios is None):
-            raise ValueError(
-                "give exactly one target: ratio (a fraction of parameters) or kind_ratios (a fraction of units per kind)"
-            )
-        if self.kind_ratios is not None:
-            if not self.kind_ratios:
-                raise ValueError("kind_ratios needs at least one kind: fraction")
-            keys = check_kinds(list(self.kind_ratios))
-            if "kinds" in self.model_fields_set and set(self.kinds) != set(keys):
-                raise ValueError(
-                    f"kinds {self.kinds} differ from the kind_ratios kinds {keys}; "
-                    "with kind_ratios its keys are the planned kinds, so leave kinds out"
-                )
-            self.kinds = keys
-        return self
-
-
-class PlannerConfig(PruneTarget):
-    """How much to prune and where."""
-
-    strategy: Literal["uniform", "global"] = Field(
-        "uniform",
-        description="uniform: every planned group (of a kind) loses the same fraction of units; "
-        "global: the lowest scores across layers go first (scores normalised by each group's mean)",
-    )
-    layers: LayerRange | None = Field(
-        None,
-        description="layers to prune, [start, end): integers are indices (negative counts from the end), "
-        "floats in [0, 1] are fractions of the depth; LLM-Pruner's 'keep the first 4 and last 2' is [4, -2]",
-    )
-    min_units: int = Field(1, strict=True, ge=1, description="units every pruned group keeps at least")
-    round_to: int = Field(1, strict=True, ge=1, description="round each group's kept units to a multiple of this (hardware-friendly)")
+from .config import LayerBound, PlannerConfig
+from .errors import PlanError
 
 
 def resolve_layers(bounds: tuple[LayerBound, LayerBound] | None, n_layers: int) -> set[int]:
@@ -129,7 +31,7 @@ def resolve_layers(bounds: tuple[LayerBound, LayerBound] | None, n_layers: int) 
     >>> resolve_layers((-100, -2), 8)
     Traceback (most recent call last):
     ...
-    pruners.executor.PlanError: layer bound -100 is out of range for a model with 8 layers: use an index in -8..8 or a fraction in [0, 1]
+    pruners.slicing.executor.PlanError: layer bound -100 is out of range for a model with 8 layers: use an index in -8..8 or a fraction in [0, 1]
     """
     if bounds is None:
         return set(range(n_layers))

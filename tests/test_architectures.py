@@ -29,8 +29,8 @@ from torch import nn
 
 from depgraph import meta_copy, trace
 from depgraph.groups import find_groups, layer_of
-from pruners.attributes import AttributeInferenceError
-from pruners.executor import execute
+from pruners.slicing.attributes import AttributeInferenceError
+from pruners.slicing.executor import execute
 
 VOCAB, LAYERS, HIDDEN, HEADS, HEAD_DIM, FFN = 97, 2, 48, 6, 8, 80
 TOKENS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
@@ -586,7 +586,7 @@ def test_refused(traced, arch, kind):
 def test_save_load_round_trip(pruned, batch, arch, kind, tmp_path):
     """The saved directory reloads (through its depprune record, or as a plain HF model when the
     config can say it) into a model with bit-identical logits and the same parameter count."""
-    from pruners.checkpoint import load_model, save_pruned
+    from pruners.io.checkpoint import load_model, save_pruned
 
     p = pruned(arch, kind)
     out = save_pruned(p.model, tmp_path / "out", p.record)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pruners.calibration import CalibrationConfig, calibration_samples, read_documents
+from pruners.importance.calibration import CalibrationConfig, calibration_samples, read_documents
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 STORIES = SHARED / "models" / "stories260K"
@@ -25,9 +25,9 @@ def tok():
 
 
 def test_text_samples_are_seeded_windows_starting_anywhere(tok):
-    a = calibration_samples(CalibrationConfig(source=TRAIN, samples=4, seq_len=64, seed=1), tok)
-    b = calibration_samples(CalibrationConfig(source=TRAIN, samples=4, seq_len=64, seed=1), tok)
-    c = calibration_samples(CalibrationConfig(source=TRAIN, samples=4, seq_len=64, seed=2), tok)
+    a = calibration_samples(CalibrationConfig(source=TRAIN, samples=4, seq_len=64), tok, seed=1)
+    b = calibration_samples(CalibrationConfig(source=TRAIN, samples=4, seq_len=64), tok, seed=1)
+    c = calibration_samples(CalibrationConfig(source=TRAIN, samples=4, seq_len=64), tok, seed=2)
     assert len(a) == 4 and all(s.shape == (1, 64) and s.dtype == torch.long for s in a)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, y) for x, y in zip(a, c))

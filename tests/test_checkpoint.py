@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pruners.checkpoint import load_model, save_pruned
 from pruners.errors import OutputError
+from pruners.io.checkpoint import load_model, save_pruned
 from pruners.pipeline import PruneConfig, prune
 
 STORIES = Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K"
@@ -45,7 +45,7 @@ def test_uniform_mlp_prune_is_plain_hf_loadable(source, tmp_path):
 def test_per_layer_sizes_round_trip_through_the_record(source, tmp_path):
     from depgraph import meta_copy, trace
     from depgraph.groups import find_groups
-    from pruners.executor import execute
+    from pruners.slicing.executor import execute
 
     tr = trace(meta_copy(source))
     groups = find_groups(tr)
@@ -87,7 +87,7 @@ def test_failed_save_leaves_nothing_behind(source, tmp_path, monkeypatch):
     def broken(model):  # called after the weights and config are already written
         raise OSError("disk full")
 
-    monkeypatch.setattr("pruners.checkpoint.computed_buffers", broken)
+    monkeypatch.setattr("pruners.io.checkpoint.computed_buffers", broken)
     with pytest.raises(OSError, match="disk full"):
         save_pruned(result.model, tmp_path / "out", result.record)
     assert list(tmp_path.iterdir()) == []
@@ -107,7 +107,7 @@ def test_computed_buffers_survive_hidden_pruning(tmp_path):
 
     from depgraph import meta_copy, trace
     from depgraph.groups import find_groups
-    from pruners.executor import execute
+    from pruners.slicing.executor import execute
 
     torch.manual_seed(0)
     cfg = tf.GemmaConfig(vocab_size=97, pad_token_id=0, bos_token_id=1, eos_token_id=2, num_hidden_layers=2,

@@ -210,11 +210,13 @@ def test_bad_kind_ratios_in_run_file(run, message, tmp_path, capsys):
     ],
 )
 def test_command_line_target_replaces_the_run_files(file, flags, expect, tmp_path):
-    from pruners.cli import build_parser, run_config
+    from pruners.cli.main import build_parser
+    from pruners.cli.prune_command import run_config
+    from pruners.cli.registry import load_commands
 
     path = tmp_path / "run.yaml"
     path.write_text(json.dumps({"model": str(STORIES), "out": str(tmp_path / "o"), **file}))  # JSON is YAML
-    cfg = run_config(build_parser().parse_args(["prune", "--config", str(path), *flags]))
+    cfg = run_config(build_parser(load_commands()).parse_args(["prune", "--config", str(path), *flags]))
     assert (cfg.ratio, cfg.kind_ratios, cfg.kinds) == expect
 
 

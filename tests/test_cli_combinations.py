@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pruners.checkpoint import load_model
 from pruners.cli import main
 from pruners.importance import AGGREGATIONS, ESTIMATORS, load_plugins
+from pruners.io.checkpoint import load_model
 from pruners.pipeline import count_params
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-import pruners.checkpoint
+import pruners.io.checkpoint
 from pruners.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,14 +51,14 @@ def assert_refused(code, err, message, *, lines=1):
 @pytest.fixture
 def no_weights_loaded(monkeypatch):
     """Fail if the CLI loads model weights: the refusal must come before that."""
-    real = pruners.checkpoint.load_model
+    real = pruners.io.checkpoint.load_model
 
     def load_model(path, *args, weights=True, **kwargs):
         if weights:
             raise AssertionError(f"weights of {path} were loaded before the bad input was refused")
         return real(path, *args, weights=False, **kwargs)
 
-    monkeypatch.setattr(pruners.checkpoint, "load_model", load_model)
+    monkeypatch.setattr(pruners.io.checkpoint, "load_model", load_model)
 
 
 @pytest.fixture
@@ -404,8 +404,8 @@ def test_zero_shot_items_longer_than_the_context_keep_its_end():
     """An item longer than max_position_embeddings is scored on its last 512 tokens (lm-eval's rule)."""
     import torch
 
-    from pruners.checkpoint import load_model, load_tokenizer
     from pruners.eval.multiple_choice import _continuation_logprob
+    from pruners.io.checkpoint import load_model, load_tokenizer
 
     model, tok = load_model(STORIES), load_tokenizer(STORIES)
     context, continuation = "Once upon a time " * 400, " there was a cat."  # ~1,600 tokens, context 512
@@ -421,7 +421,7 @@ def test_zero_shot_items_longer_than_the_context_keep_its_end():
 def test_a_saved_buffer_of_the_wrong_shape_is_refused(tmp_path, capsys):
     import torch
 
-    from pruners.checkpoint import BUFFER_FILE, load_model, save_pruned
+    from pruners.io.checkpoint import BUFFER_FILE, load_model, save_pruned
     from pruners.pipeline import PruneConfig, prune
 
     result = prune(load_model(STORIES), PruneConfig(ratio=0.2), progress=False)
@@ -447,7 +447,7 @@ def test_speed_of_a_model_with_a_short_context_fits_it():
 # -- second sweep -------------------------------------------------------------------------------
 
 def test_an_interrupt_after_the_swap_says_the_output_was_replaced(tmp_path, capsys, monkeypatch):
-    import pruners.output_dir
+    import pruners.io.output_dir
 
     out = tmp_path / "out"
     assert run_cli(capsys, *prune_argv(STORIES, out))[0] == 0
@@ -455,7 +455,7 @@ def test_an_interrupt_after_the_swap_says_the_output_was_replaced(tmp_path, caps
     def interrupted(path):  # SIGTERM while the previous output is being deleted
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pruners.output_dir, "_discard_old", interrupted)
+    monkeypatch.setattr(pruners.io.output_dir, "_discard_old", interrupted)
     code, _, err = run_cli(capsys, "prune", "--model", STORIES, "--ratio", "0.3", "--out", out, "--force", "--quiet")
     assert code == 130 and f"{str(out)!r} was already replaced by the new, complete model" in err, err
     assert json.loads((out / "config.json").read_text())["depprune"]["run"]["config"]["ratio"] == 0.3
@@ -503,7 +503,7 @@ def test_abbreviated_flags_are_refused(tmp_path, capsys):
 
 
 def test_an_upper_case_json_suffix_is_still_alpaca(tmp_path):
-    from pruners.calibration import read_documents
+    from pruners.importance.calibration import read_documents
 
     record = json.dumps([{"instruction": "Say hi.", "input": "", "output": "Hi."}])
     (tmp_path / "a.json").write_text(record)

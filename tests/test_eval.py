@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pruners.checkpoint import load_model
 from pruners.cli import main
 from pruners.eval import perplexity, read_openbookqa, read_piqa, zero_shot
+from pruners.io.checkpoint import load_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 STORIES = SHARED / "models" / "stories260K"

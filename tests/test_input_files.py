@@ -18,11 +18,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pruners.calibration import CalibrationConfig, calibration_samples, read_documents
+from pruners.config import read_run_file
 from pruners.errors import InputFileError, UsageError
 from pruners.eval.multiple_choice import Choice, read_openbookqa, read_piqa, zero_shot
 from pruners.eval.perplexity import documents, perplexity
-from pruners.run_config import read_run_file
+from pruners.importance.calibration import CalibrationConfig, calibration_samples, read_documents
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 STORIES = SHARED / "models" / "stories260K"
@@ -183,7 +183,7 @@ def test_text_of_only_separators_holds_no_documents(tmp_path):
 
 
 def test_check_calibration_file_needs_no_tokenizer(tmp_path):
-    from pruners.calibration import check_calibration_file
+    from pruners.importance.calibration import check_calibration_file
 
     assert check_calibration_file(write(tmp_path / "c.json", json.dumps(ALPACA_OK))) == 2
     assert check_calibration_file(write(tmp_path / "c.txt", "One.\n\nTwo.\n\nThree.")) == 3
@@ -517,7 +517,7 @@ def test_real_calibration_files_read_as_before(tmp_path, tok):
         assert read_documents(path) == old_read_documents(path), path
     assert len(read_documents(alpaca)) == 2000 and len(read_documents(valid)) == 46
     for path, samples, seq_len, seed in ((train, 10, 128, 0), (valid, 4, 64, 3), (jsonl, 3, 16, 1)):
-        got = calibration_samples(CalibrationConfig(source=path, samples=samples, seq_len=seq_len, seed=seed), tok)
+        got = calibration_samples(CalibrationConfig(source=path, samples=samples, seq_len=seq_len), tok, seed)
         want = old_samples(old_read_documents(path), tok, samples, seq_len, seed)
         assert all(torch.equal(a, b) for a, b in zip(got, want)) and len(got) == len(want)
 

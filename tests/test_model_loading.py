@@ -22,8 +22,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pruners.checkpoint import check_weights, has_weights, load_model, load_tokenizer
 from pruners.errors import ModelSourceError, NonFiniteError
+from pruners.io.checkpoint import check_weights, has_weights, load_model, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO.parent / "shared" / "models"
@@ -155,7 +155,7 @@ def _run(code: str, env_extra: dict, stdin: str = "") -> subprocess.CompletedPro
 
 def test_custom_code_runs_with_trust(tmp_path):
     d, sentinel = evil_dir(tmp_path)
-    code = ["-c", "import sys; from pruners.checkpoint import load_model; "
+    code = ["-c", "import sys; from pruners.io.checkpoint import load_model; "
             "m = load_model(sys.argv[1], weights=False, trust_remote_code=True); print(type(m).__name__)", str(d)]
     r = _run(code, {"HF_MODULES_CACHE": str(tmp_path / "modules")})
     assert r.returncode == 0, r.stderr
@@ -543,7 +543,7 @@ def _file(header_bytes: bytes, data: bytes, declared: int | None = None) -> byte
 @given(raw=st.binary(max_size=300) | st.builds(_file, st.binary(max_size=60), st.binary(max_size=60),
                                                  st.none() | st.integers(0, 2**64 - 1)))
 def test_header_check_on_random_bytes(raw):
-    from pruners.model_files import parse_safetensors_header
+    from pruners.io.model_files import parse_safetensors_header
 
     try:
         parse_safetensors_header(io.BytesIO(raw), len(raw), "f.safetensors")
@@ -596,7 +596,7 @@ def test_header_check_agrees_with_safetensors(raw):
     """What the check accepts, safetensors reads with the same shapes; what it refuses, safetensors refuses too."""
     from safetensors.torch import load as st_load
 
-    from pruners.model_files import parse_safetensors_header
+    from pruners.io.model_files import parse_safetensors_header
 
     try:
         tensors = parse_safetensors_header(io.BytesIO(raw), len(raw), "f.safetensors")
@@ -617,7 +617,7 @@ _small = st.integers(-2, 40) | st.sampled_from([0.5, 8.0, "8", True, None, [], [
 @settings(max_examples=200, deadline=None)
 @given(raw=_json | st.dictionaries(st.sampled_from(_size_fields + ["model_type", "auto_map"]), _json | _small))
 def test_config_check_on_random_json(raw):
-    from pruners.model_files import check_config_dict
+    from pruners.io.model_files import check_config_dict
 
     try:
         check_config_dict(raw, "config.json")

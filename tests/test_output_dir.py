@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pruners.errors import OutputError
-from pruners.output_dir import MARKER, OutputDir, current_umask
+from pruners.io.output_dir import MARKER, OutputDir, current_umask
 
 REPO = Path(__file__).resolve().parents[1]
 STORIES = REPO.parent / "shared" / "models" / "stories260K"
@@ -256,7 +256,7 @@ def test_interrupted_fallback_swap_restores_the_old_output(tmp_path):
 
 
 def test_fallback_without_renameat2(tmp_path, monkeypatch):
-    import pruners.output_dir as mod
+    import pruners.io.output_dir as mod
 
     monkeypatch.setattr(mod, "_renameat2", lambda src, dst, flags: False)
     out = written(tmp_path / "out")
@@ -303,7 +303,7 @@ def test_lock_file_replaced_while_waiting_is_not_trusted(tmp_path, monkeypatch):
 CHILD = """
 import sys, time
 from pathlib import Path
-import pruners.output_dir as mod
+import pruners.io.output_dir as mod
 from pruners.errors import OutputError
 
 out, phase, ready, go = sys.argv[1], sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
@@ -427,8 +427,8 @@ needs_stories = pytest.mark.skipif(not STORIES.is_dir(), reason="../shared/model
 
 SAVE = """
 import sys
-from pruners.checkpoint import load_model, save_pruned
-from pruners.executor import PruneRecord
+from pruners.io.checkpoint import load_model, save_pruned
+from pruners.slicing.executor import PruneRecord
 save_pruned(load_model(sys.argv[1]), sys.argv[2], PruneRecord(), source=sys.argv[1])
 """
 
@@ -451,8 +451,8 @@ def test_save_pruned_is_byte_identical_across_processes(tmp_path):
 def test_tied_weights_are_stored_once_without_alias_metadata(tmp_path):
     from safetensors import safe_open
 
-    from pruners.checkpoint import load_model, save_pruned
-    from pruners.executor import PruneRecord
+    from pruners.io.checkpoint import load_model, save_pruned
+    from pruners.slicing.executor import PruneRecord
 
     model = load_model(STORIES)
     out = save_pruned(model, tmp_path / "out", PruneRecord(), source=STORIES)
@@ -467,8 +467,8 @@ def test_tied_weights_are_stored_once_without_alias_metadata(tmp_path):
 
 @needs_stories
 def test_save_pruned_refuses_its_own_source_and_a_user_directory(tmp_path):
-    from pruners.checkpoint import load_model, save_pruned
-    from pruners.executor import PruneRecord
+    from pruners.io.checkpoint import load_model, save_pruned
+    from pruners.slicing.executor import PruneRecord
 
     src = tmp_path / "src"  # a copy: a broken save_pruned must never get a chance to replace the shared model
     shutil.copytree(STORIES, src)

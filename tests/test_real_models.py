@@ -11,7 +11,7 @@ import torch
 
 from depgraph import trace
 from depgraph.groups import find_groups
-from pruners.checkpoint import load_model
+from pruners.io.checkpoint import load_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 MODELS = SHARED / "models"

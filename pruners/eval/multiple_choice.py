@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import InputFileError, UsageError
-from ..text_input import MissingInputFileError, file_error, is_text, json_error, json_type, read_text
+from ..io.text_input import MissingInputFileError, file_error, is_text, json_error, json_type, read_text
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import UsageError
-from ..text_input import file_error, read_text
+from ..io.text_input import file_error, read_text
 
 DOC_SEPARATOR = "<|endoftext|>"
 WHAT = "perplexity text file"

@@ -7,6 +7,7 @@ from .registry import (
     Estimator,
     ScoringContext,
     aggregate,
+    estimator_config,
     load_plugins,
     make_estimator,
     member_reduce,
@@ -19,7 +20,7 @@ from .registry import (
 from .signals import Signals, collect_signals
 
 __all__ = [
-    "AGGREGATIONS", "ESTIMATORS", "Estimator", "ScoringContext", "aggregate", "load_plugins", "make_estimator",
+    "AGGREGATIONS", "ESTIMATORS", "Estimator", "ScoringContext", "aggregate", "estimator_config", "load_plugins", "make_estimator",
     "member_reduce", "needs_of", "register_aggregation", "register_estimator", "unit_scores", "unit_sums",
     "Signals", "collect_signals",
 ]

@@ -24,13 +24,13 @@ an estimator with its pydantic config::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from depgraph.groups import Group
@@ -122,12 +122,35 @@ def load_plugins(group: str = "depprune.estimators") -> list[str]:
     return loaded
 
 
+def estimator_config(name: str, options: Mapping[str, object] | None = None) -> BaseModel:
+    """The registered estimator ``name``'s config built from ``options``; one-line ValueError naming what is wrong.
+
+    >>> estimator_config("l2", {"power": 3})
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown option 'power' for importance 'l2', which takes none
+    """
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown importance {name!r}; registered: {', '.join(sorted(ESTIMATORS))}")
+    config = ESTIMATORS[name].config
+    options = dict(options or {})
+    valid = sorted(config.model_fields)
+    unknown = [k for k in options if k not in config.model_fields]
+    if unknown:
+        takes = f"valid: {', '.join(valid)}" if valid else "which takes none"
+        raise ValueError(f"unknown option {unknown[0]!r} for importance {name!r}, {takes}")
+    try:
+        return config.model_validate(options)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(x) for x in err["loc"]) or "options"
+        raise ValueError(f"importance {name!r} option {key}={err.get('input')!r}: {err['msg']}") from None
+
+
 def make_estimator(name: str, **options) -> Estimator:
     """Build a registered estimator; unknown names and bad options fail with the valid choices."""
-    if name not in ESTIMATORS:
-        raise KeyError(f"unknown importance {name!r}; registered: {', '.join(sorted(ESTIMATORS))}")
-    spec = ESTIMATORS[name]
-    return spec.factory(spec.config(**options))
+    config = estimator_config(name, options)
+    return ESTIMATORS[name].factory(config)
 
 
 def aggregate(name: str, scores: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ import struct
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-from .errors import ModelSourceError, NonFiniteError, first_line
+from ..errors import ModelSourceError, NonFiniteError, first_line
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"

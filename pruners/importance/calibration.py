@@ -20,28 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import UsageError
-from .text_input import file_error, is_text, json_error, json_type, read_text
-
-MAX_SEED = 2**32 - 1  # numpy and torch both take it; negative seeds are refused by numpy
+from ..config import CalibrationConfig
+from ..errors import UsageError
+from ..io.text_input import file_error, is_text, json_error, json_type, read_text
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task{ctx}. Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n{input_block}### Response:\n{output}"
 )
-
-
-class CalibrationConfig(BaseModel):
-    """Where calibration text comes from and how much of it is used."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    source: Path | None = Field(None, description="text file, or Alpaca-format .json/.jsonl file")
-    samples: int = Field(10, strict=True, ge=1, description="number of calibration sequences")
-    seq_len: int = Field(128, strict=True, ge=2, description="tokens per calibration sequence")
-    seed: int = Field(0, strict=True, ge=0, le=MAX_SEED, description="seed for choosing documents and offsets, in [0, 2**32 - 1]")
 
 
 WHAT = "calibration file"
@@ -126,8 +113,8 @@ def alpaca_prompt(record: dict) -> str:
     )
 
 
-def calibration_samples(config: CalibrationConfig, tokenizer) -> list[torch.Tensor]:
-    """``config.samples`` tensors of shape ``(1, seq_len)``, deterministic under ``config.seed``.
+def calibration_samples(config: CalibrationConfig, tokenizer, seed: int = 0) -> list[torch.Tensor]:
+    """``config.samples`` tensors of shape ``(1, seq_len)``, deterministic under ``seed``.
 
     Raises :class:`~pruners.errors.InputFileError` for a file :func:`read_documents` refuses, or
     one holding fewer than ``samples * seq_len`` tokens (BOS included); UsageError without a source.
@@ -135,7 +122,7 @@ def calibration_samples(config: CalibrationConfig, tokenizer) -> list[torch.Tens
     if config.source is None:
         raise UsageError("calibration needs a source file (CLI: --calibration FILE)")
     docs = read_documents(config.source)
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(seed)
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     encoded = [bos + tokenizer(d, add_special_tokens=False, verbose=False)["input_ids"] for d in docs]
     total, need = sum(len(ids) for ids in encoded), config.samples * config.seq_len

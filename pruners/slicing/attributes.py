@@ -7,7 +7,7 @@ Two mechanisms:
    ``nn.LayerNorm`` and transformers' ``Conv1D`` are built in.  This is the extension point
    for a new architecture whose module stores sizes in a way the search below cannot find::
 
-       from pruners.attributes import register_shape_adapter
+       from pruners.slicing.attributes import register_shape_adapter
 
        @register_shape_adapter("my_models.FusedQKV")
        def _fused_qkv(module):
@@ -278,7 +278,7 @@ def infer_attributes(
     raise AttributeInferenceError(
         f"could not infer the size attributes of the pruned model after {tried} attempts "
         f"(candidates: {[f'{rk}.{a}' for rk, a in keys]}; last mismatch: {last_error}). "
-        "Register a shape adapter with pruners.attributes.register_shape_adapter for the module that stores sizes."
+        "Register a shape adapter with pruners.slicing.attributes.register_shape_adapter for the module that stores sizes."
     )
 
 

@@ -5,7 +5,7 @@ tokenizer files copied from the source) whose config keeps the source architectu
 and adds a ``depprune`` section: every pruned tensor's shape and every size attribute the
 executor changed.  :func:`load_model` rebuilds the architecture on the meta device, applies
 that record and loads the weights -- per-layer sizes survive the round trip.  Writing goes
-through :class:`~pruners.output_dir.OutputDir` (a temporary directory swapped into place), so a
+through :class:`~pruners.io.output_dir.OutputDir` (a temporary directory swapped into place), so a
 failure never leaves a partial output or touches anything depprune did not write.
 """
 
@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ModelSourceError
-from .executor import PruneRecord, _get
+from ..errors import ModelSourceError
+from ..slicing.executor import PruneRecord, owner_and_attr
 from .model_files import (
     check_config,
     check_config_dict,
@@ -163,6 +163,32 @@ def load_model(
         if not allow_nonfinite:
             check_finite(model, p)
     return model.eval()
+
+
+def load_pruned(
+    path: str | os.PathLike,
+    device: str = "cpu",
+    *,
+    trust_remote_code: bool = False,
+    allow_nonfinite: bool = False,
+) -> tuple[nn.Module, PruneRecord]:
+    """A model depprune saved, and the record of what was pruned (:class:`~pruners.slicing.executor.PruneRecord`).
+
+    The model is loaded as :func:`load_model` does; a directory without a ``depprune`` section
+    in its ``config.json`` (not written by depprune) is a :class:`~pruners.errors.ModelSourceError`.
+    """
+    p = check_model_dir(path, True, bool(trust_remote_code))
+    section = _read_config(p).get("depprune")
+    if not isinstance(section, dict) or not isinstance(section.get("record"), dict):
+        raise ModelSourceError(
+            f"{p / 'config.json'} has no depprune record: {str(path)!r} was not written by depprune; load it with load_model"
+        )
+    model = load_model(p, device, trust_remote_code=trust_remote_code, allow_nonfinite=allow_nonfinite)
+    try:
+        record = PruneRecord.from_dict(section["record"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ModelSourceError(f"{p / 'config.json'}: its depprune record is malformed: {exception_line(e)}") from e
+    return model, record
 
 
 def _hf_config(p: Path, trust: bool):
@@ -312,17 +338,17 @@ def apply_record(model: nn.Module, section: dict) -> None:
     for name, prm in params.items():
         aliases.setdefault(id(prm), []).append(name)
     for name, shape in rec["shapes"].items():
-        mod, attr = _get(model, name)
+        mod, attr = owner_and_attr(model, name)
         old = getattr(mod, attr)
         new = torch.empty(shape, dtype=old.dtype, device=old.device)
         if isinstance(old, nn.Parameter):
             new = nn.Parameter(new, requires_grad=old.requires_grad)
             for alias in aliases.get(id(old), [name]):
-                amod, aattr = _get(model, alias)
+                amod, aattr = owner_and_attr(model, alias)
                 setattr(amod, aattr, new)
         else:
             mod._buffers[attr] = new
-    from .attributes import apply_shape_adapters, set_attributes
+    from ..slicing.attributes import apply_shape_adapters, set_attributes
 
     apply_shape_adapters(model, rec["shapes"].keys() | {a for n in rec["shapes"] for a in _alias_names(params, n)})
     set_attributes(model, rec["attributes"])
@@ -367,9 +393,9 @@ def _load_state(model: nn.Module, path: Path, device: str, tensors: dict | None 
     for names in groups.values():
         loaded = [n for n in names if n in state]
         if loaded:
-            source_mod, source_attr = _get(model, loaded[0])
+            source_mod, source_attr = owner_and_attr(model, loaded[0])
             for n in names:
-                mod, attr = _get(model, n)
+                mod, attr = owner_and_attr(model, n)
                 setattr(mod, attr, getattr(source_mod, source_attr))
     buffers = path / BUFFER_FILE
     if buffers.is_file() or buffers.is_symlink():
@@ -383,7 +409,7 @@ def _load_state(model: nn.Module, path: Path, device: str, tensors: dict | None 
         if misshaped:
             raise ModelSourceError(f"{buffers}: buffers do not match the architecture: {', '.join(misshaped[:5])}")
         for name, value in load_file(str(buffers), device=device).items():
-            mod, attr = _get(model, name)
+            mod, attr = owner_and_attr(model, name)
             mod._buffers[attr] = value
 
 
@@ -401,7 +427,7 @@ def save_pruned(
     force: bool = False,
     run: dict | None = None,
 ) -> Path:
-    """Write the pruned model to ``out`` safely, through :class:`pruners.output_dir.OutputDir`.
+    """Write the pruned model to ``out`` safely, through :class:`pruners.io.output_dir.OutputDir`.
 
     ``out`` is checked and locked first; the files are written to a temporary directory beside it
     and swapped in atomically.  ``force`` replaces only a directory depprune wrote; ``out`` may not

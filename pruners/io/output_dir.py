@@ -41,7 +41,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .errors import OutputError
+from ..errors import OutputError
 
 MARKER = ".depprune-output.json"
 RENAME_NOREPLACE = 1

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import InputFileError, first_line
+from ..errors import InputFileError, first_line
 
 __all__ = ["MissingInputFileError", "file_error", "json_error", "is_text", "json_type", "read_text"]
 

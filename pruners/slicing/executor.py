@@ -1,7 +1,7 @@
 """The executor: physically remove the selected units of each group from a copy of the model.
 
 Parameters, biases, norm weights and buffers are sliced along every member axis; module
-attributes that carry sizes are updated (see :mod:`pruners.attributes`); the result is
+attributes that carry sizes are updated (see :mod:`pruners.slicing.attributes`); the result is
 re-traced and its layouts compared with the expected ones, so a wrong attribute update
 can never pass silently.
 """
@@ -20,13 +20,9 @@ from depgraph.graph import term_key
 from depgraph.groups import Group
 from depgraph.layout import factors as _factors
 
+from ..errors import PlanError
 from .attributes import apply_shape_adapters, infer_attributes
-from .errors import DeppruneError
 from .hf_config import hf_config_update
-
-
-class PlanError(DeppruneError, ValueError):
-    """A pruning plan that cannot be executed (unknown group, every unit removed, ...)."""
 
 
 @dataclass
@@ -45,6 +41,16 @@ class PruneRecord:
             "kept": self.kept,
             "config": self.config,
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> PruneRecord:
+        """The record :meth:`to_dict` wrote (e.g. read back from a saved ``config.json``)."""
+        return cls(
+            shapes={k: list(v) for k, v in d["shapes"].items()},
+            attributes=[(m, a, v) for m, a, v in d["attributes"]],
+            kept={k: list(v) for k, v in d["kept"].items()},
+            config=d.get("config"),
+        )
 
 
 def validate_keep(groups: Sequence[Group], keep: Mapping[str, Sequence[int]]) -> dict[str, np.ndarray]:
@@ -86,7 +92,8 @@ def kept_positions(groups: Sequence[Group], keep: Mapping[str, np.ndarray]) -> d
     return {k: np.flatnonzero(v) for k, v in masks.items() if not v.all()}
 
 
-def _get(model: nn.Module, path: str):
+def owner_and_attr(model: nn.Module, path: str) -> tuple[nn.Module, str]:
+    """The module owning the tensor at ``path`` (e.g. ``model.layers.0.mlp.up_proj.weight``) and its attribute name."""
     mod_path, _, attr = path.rpartition(".")
     mod = model.get_submodule(mod_path) if mod_path else model
     return mod, attr
@@ -99,7 +106,7 @@ def slice_tensors(model: nn.Module, positions: Mapping[tuple[str, int], np.ndarr
         by_name.setdefault(name, []).append((axis, pos))
     shapes: dict[str, list[int]] = {}
     for name, cuts in sorted(by_name.items()):
-        mod, attr = _get(model, name)
+        mod, attr = owner_and_attr(model, name)
         old = getattr(mod, attr)
         data = old.data
         for axis, pos in cuts:
@@ -108,7 +115,7 @@ def slice_tensors(model: nn.Module, positions: Mapping[tuple[str, int], np.ndarr
         if isinstance(old, nn.Parameter):
             new = nn.Parameter(data, requires_grad=old.requires_grad)
             for alias in aliases.get(name, [name]):
-                amod, aattr = _get(model, alias)
+                amod, aattr = owner_and_attr(model, alias)
                 setattr(amod, aattr, new)
         else:
             mod._buffers[attr] = data

@@ -1,0 +1,7 @@
+"""``python -m pruners.cli`` is ``depprune``."""
+
+import sys
+
+from .main import main
+
+sys.exit(main())

@@ -1,0 +1,345 @@
+"""``depprune prune``: prune a model, save it and print a before/after report.
+
+Options come from the command line and, with ``--config``, from a YAML or JSON run file
+(:class:`pruners.config.RunConfig`); flags given on the command line override the file.
+Everything is checked before the first weight is read; OUT is written beside itself and
+swapped in whole (:class:`pruners.io.output_dir.OutputDir`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import UsageError
+from .arguments import (
+    add_common_options,
+    add_nonfinite_option,
+    check_finite_metrics,
+    check_path_argument,
+    short_repr,
+    strict_json,
+    warn,
+)
+from .registry import Command
+
+DESCRIPTION = (
+    "Options may come from --config (YAML/JSON, see pruners.config); flags given here override it. "
+    "The target is --ratio (a fraction of parameters) or --kind-ratio (a fraction of units per kind), not both."
+)
+
+
+def add_arguments(pr: argparse.ArgumentParser) -> None:
+    from ..importance import AGGREGATIONS, ESTIMATORS
+
+    add_common_options(pr)
+    add_nonfinite_option(pr)
+    pr.add_argument("--config", help="YAML or JSON run file; command-line flags override its values")
+    pr.add_argument("--model", help="model directory (or hub id) with config.json and weights")
+    pr.add_argument(
+        "--ratio", type=float,
+        help="fraction of parameters to remove, in (0, 1); or give --kind-ratio (replaces a --config file's kind_ratios)",
+    )
+    pr.add_argument(
+        "--kind-ratio", action=_KindRatios, type=_kind_ratio, metavar="KIND=FRACTION",
+        help="instead of --ratio: the fraction of units removed from every pruned group of KIND, repeatable, e.g. "
+        "--kind-ratio attention=0.25 --kind-ratio mlp_channel=0.5 (LLM-Pruner's per-layer ratio); the KINDs given "
+        "are the kinds pruned. Replaces a --config file's ratio and kind_ratios (and its kinds, unless --kinds is given)",
+    )
+    pr.add_argument("--importance", help=f"importance estimator: {', '.join(sorted(ESTIMATORS))} (default l2)")
+    pr.add_argument("--aggregation", help=f"group aggregation: {', '.join(sorted(AGGREGATIONS))} (default sum)")
+    pr.add_argument(
+        "--kinds", nargs="+",
+        help="kinds to prune (default: attention mlp_channel): attention (KV groups or heads), attention_head, "
+        "kv_group, query_head, mlp_channel, hidden_channel",
+    )
+    pr.add_argument("--strategy", help="uniform (same ratio per group, default) or global (lowest scores across layers)")
+    pr.add_argument(
+        "--layers", nargs=2, type=_layer_bound, metavar=("START", "END"),
+        help="prune layers [START, END): indices (negative from the end) or fractions, e.g. 4 -2",
+    )
+    pr.add_argument("--min-units", type=int, help="units every group keeps at least (default 1)")
+    pr.add_argument("--round-to", type=int, help="round kept units per group to a multiple of this (default 1)")
+    pr.add_argument("--calibration", help="text or Alpaca .json/.jsonl file for gradient/activation estimators")
+    pr.add_argument("--calibration-samples", type=int, help="calibration sequences (default 10)")
+    pr.add_argument("--calibration-seq-len", type=int, help="tokens per calibration sequence (default 128)")
+    pr.add_argument("--out", help="output directory (must be empty or absent unless --force)")
+    pr.add_argument("--force", action="store_true", default=None, help="overwrite a non-empty --out")
+    pr.add_argument("--eval-text", help="text file for perplexity before and after")
+    pr.add_argument("--tokenizer", help="tokenizer directory (default: --model)")
+    pr.add_argument("--seed", type=int, help="seed for random importance and calibration sampling (default 0)")
+    pr.add_argument("--json", action="store_true", help="print one JSON object")
+    pr.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _layer_bound(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is neither a layer index nor a fraction") from None
+
+
+def _kind_fraction(kind, value, text: str | None = None) -> float:
+    """``value`` as a fraction in (0, 1) of the known ``kind``; else a ValueError naming ``text`` and the valid kinds.
+
+    >>> _kind_fraction("mlp_channel", "0.5")
+    0.5
+    """
+    from ..config import KIND_NAMES
+
+    try:
+        fraction = float(value)
+    except (TypeError, ValueError):
+        fraction = float("nan")
+    if kind not in KIND_NAMES or not 0.0 < fraction < 1.0:
+        text = f"{kind}={value}" if text is None else text
+        raise ValueError(f"{text!r} is not KIND=FRACTION with FRACTION in (0, 1) and KIND one of {', '.join(KIND_NAMES)}")
+    return fraction
+
+
+def _kind_ratio(text: str) -> tuple[str, float]:
+    """One ``--kind-ratio KIND=FRACTION``.
+
+    >>> _kind_ratio("attention=0.25")
+    ('attention', 0.25)
+    """
+    kind, _, value = text.partition("=")
+    try:
+        return kind, _kind_fraction(kind, value, text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+class _KindRatios(argparse.Action):
+    """Repeated ``--kind-ratio`` options collected into one ``{kind: fraction}`` mapping."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        kind, fraction = values
+        ratios = dict(getattr(namespace, self.dest) or {})
+        if kind in ratios:
+            parser.error(f"argument {option_string}: {kind} is given twice")
+        ratios[kind] = fraction
+        setattr(namespace, self.dest, ratios)
+
+
+# command-line flag -> path in the run config
+FLAG_KEYS = {
+    "model": ("model",), "ratio": ("ratio",), "kind_ratio": ("kind_ratios",), "importance": ("importance",),
+    "aggregation": ("aggregation",), "kinds": ("kinds",), "strategy": ("strategy",), "layers": ("layers",), "min_units": ("min_units",),
+    "round_to": ("round_to",), "calibration": ("calibration", "source"), "calibration_samples": ("calibration", "samples"),
+    "calibration_seq_len": ("calibration", "seq_len"), "out": ("out",), "force": ("force",), "eval_text": ("eval_text",),
+    "tokenizer": ("tokenizer",), "seed": ("seed",), "allow_nonfinite": ("allow_nonfinite",),
+}
+
+
+def run_config(args):
+    """The run config: ``--config`` file values, overridden by the flags given on the command line."""
+    from pydantic import ValidationError
+
+    from ..config import RunConfig, read_run_file
+
+    data: dict = {}
+    if args.config:
+        check_path_argument("--config", args.config)
+        try:
+            data = read_run_file(args.config)
+        except (FileNotFoundError, ValueError) as e:
+            raise UsageError(f"--config: {e}") from e
+    _target_from_command_line(args, data)
+    for flag, path in FLAG_KEYS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        node = data
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise UsageError(f"{key} {short_repr(node)} in --config must be a mapping, e.g. {{source: calib.txt, samples: 10}}")
+        node[path[-1]] = value
+    for required in ("model", "out"):
+        if data.get(required) is None:
+            raise UsageError(f"--{required} is required (on the command line or in --config)")
+    if data.get("ratio") is None and data.get("kind_ratios") is None:
+        raise UsageError("one of --ratio / --kind-ratio is required (on the command line or in --config)")
+    _validate_prune(data)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        if not err["loc"]:  # a cross-field check, e.g. both ratio and kind_ratios in --config
+            raise UsageError(f"{err['msg'].removeprefix('Value error, ')}") from e
+        keys = [str(x) for x in err["loc"] if isinstance(x, str)]
+        if err["type"] == "extra_forbidden":  # a key the run config does not have
+            from ..config import CalibrationConfig
+
+            fields = CalibrationConfig.model_fields if keys[:1] == ["calibration"] and len(keys) > 1 else RunConfig.model_fields
+            raise UsageError(
+                f"unknown option {'.'.join(keys)!r} in --config; valid: {', '.join(sorted(fields))}"
+            ) from e
+        flag = "--" + "-".join(keys).replace("_", "-")
+        raise UsageError(f"{flag} {short_repr(err.get('input'))}: {err['msg']}") from e
+
+
+def _target_from_command_line(args, data: dict) -> None:
+    """A target on the command line replaces the ``--config`` file's (``--kind-ratio`` its kinds too)."""
+    if args.ratio is not None and args.kind_ratio:
+        raise UsageError(
+            "give one target, --ratio (a fraction of parameters) or --kind-ratio (of units per kind), not both"
+        )
+    if args.kind_ratio:
+        data.pop("ratio", None)
+        if args.kinds is None:
+            data.pop("kinds", None)
+    if args.ratio is not None:
+        data.pop("kind_ratios", None)
+
+
+PATH_KEYS = {"model": "--model", "out": "--out", "tokenizer": "--tokenizer", "eval_text": "--eval-text", "calibration": "--calibration"}
+
+
+def _validate_prune(data: dict) -> None:
+    """Checks with messages naming the flag; ``data`` is the merged run mapping (hub ids resolved here)."""
+    from ..io.checkpoint import check_model_dir, check_weights
+
+    ratio = data.get("ratio")
+    if ratio is not None and (not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0):
+        raise UsageError(f"--ratio {short_repr(ratio)} is outside (0, 1): it is the fraction of parameters to remove")
+    kind_ratios = data.get("kind_ratios")
+    if kind_ratios is not None and (not isinstance(kind_ratios, dict) or not kind_ratios):
+        raise UsageError(f"kind_ratios {short_repr(kind_ratios)} must map kinds to fractions, e.g. {{mlp_channel: 0.5}}")
+    try:
+        for kind, value in (kind_ratios or {}).items():
+            _kind_fraction(kind, value)
+    except ValueError as e:
+        raise UsageError(f"--kind-ratio {e}") from e
+    from ..importance import AGGREGATIONS, ESTIMATORS
+
+    importance = data.get("importance", "l2")
+    if not isinstance(importance, str) or importance not in ESTIMATORS:
+        raise UsageError(f"unknown --importance {short_repr(importance)}; valid: {', '.join(sorted(ESTIMATORS))}")
+    aggregation = data.get("aggregation", "sum")
+    if not isinstance(aggregation, str) or aggregation not in AGGREGATIONS:
+        raise UsageError(f"unknown --aggregation {short_repr(aggregation)}; valid: {', '.join(sorted(AGGREGATIONS))}")
+    calibration = data.get("calibration")
+    if calibration is not None and not isinstance(calibration, dict):
+        raise UsageError(f"calibration {short_repr(calibration)} must be a mapping, e.g. {{source: calib.txt, samples: 10, seq_len: 128}}")
+    for key, flag in PATH_KEYS.items():
+        value = (calibration or {}).get("source") if key == "calibration" else data.get(key)
+        if value is not None:
+            check_path_argument(flag, value)
+    src = check_model_dir(data["model"])
+    data["model"] = str(src)  # a hub id is now its local snapshot
+    if not check_weights(src):  # refuses pickles and corrupt files; empty: config only
+        raise UsageError(f"{data['model']!r} has a config but no weights to prune")
+    from ..importance import make_estimator, needs_of
+
+    needs = needs_of(make_estimator(importance))
+    source = (data.get("calibration") or {}).get("source")
+    if needs and not source:
+        raise UsageError(
+            f"--importance {importance} reads {', '.join(sorted(needs))} from calibration data; pass --calibration FILE"
+        )
+
+
+def _check_input_files(cfg) -> None:
+    """Read and validate every input file of a run before any model is loaded (one-line errors)."""
+    from ..eval.perplexity import check_text_file
+    from ..importance.calibration import check_calibration_file
+
+    if cfg.calibration.source:
+        check_calibration_file(cfg.calibration.source)
+    if cfg.eval_text:
+        check_text_file(cfg.eval_text)
+
+
+def run(args) -> dict:
+    """Check everything, reserve OUT, then load, prune, evaluate and write OUT in one swap."""
+    from ..io.output_dir import OutputDir
+
+    cfg = run_config(args)
+    _check_input_files(cfg)
+    inputs = [cfg.model, cfg.tokenizer, cfg.calibration.source, cfg.eval_text, args.config]
+    out = OutputDir(cfg.out, force=cfg.force, inputs=inputs, warn=warn)
+    try:
+        return _prune_into(out, cfg, args)
+    except KeyboardInterrupt as e:
+        e.replaced = out.written and cfg.out  # the swap was done: OUT is the new, complete model
+        raise
+
+
+def _prune_into(out, cfg, args) -> dict:
+    """Inside the reserved OUT: load, prune, evaluate, write; return the report."""
+    from ..importance import make_estimator, needs_of
+    from ..io.checkpoint import load_model, load_tokenizer, write_pruned
+    from ..pipeline import analyze, check_context, check_feasible, count_params, prune, run_samples
+
+    trust = args.trust_remote_code
+    with out:
+        skeleton = load_model(cfg.model, weights=False, trust_remote_code=trust)  # structure only, on meta
+        needs_data = bool(needs_of(make_estimator(cfg.importance)))
+        if needs_data:
+            check_context(cfg, skeleton)
+        vocab = skeleton.get_input_embeddings().num_embeddings
+        tokenizer = None
+        if needs_data or cfg.eval_text:
+            tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, trust_remote_code=trust, vocab_size=vocab)
+        samples = run_samples(cfg, tokenizer) if needs_data else None  # too few tokens fails here, before any weight
+        analysis = analyze(skeleton)
+        check_feasible(analysis[1], cfg, count_params(skeleton))  # plan errors before loading weights
+        model = load_model(cfg.model, trust_remote_code=trust, allow_nonfinite=cfg.allow_nonfinite)
+        result = prune(model, cfg, progress=not args.quiet, analysis=analysis, samples=samples)
+        report = _prune_report(cfg, result)
+        if cfg.eval_text:
+            from ..eval.perplexity import perplexity
+
+            report["eval_text"] = cfg.eval_text
+            for key, m in (("ppl_before", model), ("ppl_after", result.model)):
+                report[key] = perplexity(m, tokenizer, cfg.eval_text, progress=not args.quiet)
+            check_finite_metrics(report, ("ppl_before", "ppl_after"), cfg.allow_nonfinite)
+        # NaN/Inf (only with --allow-nonfinite) as strings: config.json stays standard JSON
+        run = {"config": cfg.model_dump(mode="json", exclude={"force"}), "report": strict_json(report)}
+        out.write(lambda tmp: write_pruned(result.model, tmp, result.record, source=cfg.tokenizer or cfg.model, run=run))
+    return report
+
+
+def _prune_report(cfg, result) -> dict:
+    return {
+        "model": cfg.model,
+        "out": cfg.out,
+        "importance": cfg.importance,
+        "aggregation": cfg.aggregation,
+        "kinds": list(cfg.kinds),
+        "strategy": cfg.strategy,
+        "layers": list(cfg.layers) if cfg.layers else None,
+        "ratio_target": cfg.ratio,
+        "kind_ratios": cfg.kind_ratios,
+        "calibration": str(cfg.calibration.source) if cfg.calibration.source else None,
+        "params_before": result.params_before,
+        "params_after": result.params_after,
+        "ratio_achieved": round(result.achieved_ratio, 6),
+        "group_ratio": round(result.plan.group_ratio, 6),
+        "removed": result.plan.by_kind,
+    }
+
+
+def show(r: dict) -> None:
+    print(f"pruned {r['model']} -> {r['out']}  (importance {r['importance']}, aggregation {r['aggregation']}, kinds {' '.join(r['kinds'])})")
+    print(f"{'':<14}{'before':>14}{'after':>14}")
+    print(f"{'parameters':<14}{r['params_before']:>14,}{r['params_after']:>14,}")
+    if "ppl_before" in r:
+        print(f"{'perplexity':<14}{r['ppl_before']:>14.3f}{r['ppl_after']:>14.3f}   ({Path(r['eval_text']).name})")
+    if r.get("ratio_target") is not None:
+        target = f"target {r['ratio_target']:.2%}"
+    else:
+        target = "kind ratios " + ", ".join(f"{k}={v:g}" for k, v in r["kind_ratios"].items())
+    print(f"removed {r['ratio_achieved']:.2%} of parameters ({target}); group ratio {r['group_ratio']:.3f}")
+    for kind, s in r["removed"].items():
+        print(f"  {kind:<16} {s['removed_units']:>6} of {s['units']:>6} units  ({s['removed_params']:,} params)")
+
+
+COMMAND = Command(
+    "prune", "prune a model, save it and print a before/after report", add_arguments, run, show, DESCRIPTION
+)

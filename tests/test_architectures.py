@@ -9,22 +9,17 @@ copy of the original in which every member slice of every removed unit is zeroed
 channels run through norms, so masking them is not equivalent to removing them; for those,
 shapes, finiteness, generation and the (exact) input of the first block are checked.
 
-Sizes are chosen so that no two prunable structures coincide: vocab 97, hidden 48, 6 heads of
-head_dim 8 (Gemma: head_dim 10, so heads * head_dim != hidden), MLP width 80 (nanoGPT: 4 * 48),
-GQA with 3 KV heads (2 query heads per group) or 2 KV heads (3 per group).
+The models, their hand-derived unit costs and the oracle live in the test zoo (``tests/zoo.py``).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-import transformers
 from torch import nn
 
 from depgraph import meta_copy, trace
@@ -32,236 +27,19 @@ from depgraph.groups import find_groups, layer_of
 from pruners.slicing.attributes import AttributeInferenceError
 from pruners.slicing.executor import execute
 
-VOCAB, LAYERS, HIDDEN, HEADS, HEAD_DIM, FFN = 97, 2, 48, 6, 8, 80
-TOKENS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
-SEQ_SHAPE = (2, 11)
-ATOL = 1e-5
-
-
-# -- a nanoGPT written the way people write it, traced with no registration at all -------------
-
-
-class NanoConfig:
-    def __init__(self, vocab_size=VOCAB, block_size=32, n_layer=LAYERS, n_head=HEADS, n_embd=HIDDEN, bias=True):
-        self.vocab_size, self.block_size = vocab_size, block_size
-        self.n_layer, self.n_head, self.n_embd, self.bias = n_layer, n_head, n_embd, bias
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        assert config.n_embd % config.n_head == 0
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.n_head = config.n_head
-        self.n_embd = config.n_embd
-        self.head_dim = config.n_embd // config.n_head
-
-    def forward(self, x):
-        B, T, _ = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        y = y.transpose(1, 2).contiguous().view(B, T, self.n_embd)
-        return self.c_proj(y)
-
-
-class KarpathyAttention(CausalSelfAttention):
-    """nanoGPT's attention verbatim: the head dim is ``C // n_head`` with ``C`` the *residual* width."""
-
-    def forward(self, x):
-        B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.c_proj(y)
-
-
-class NanoMLP(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-
-    def forward(self, x):
-        return self.c_proj(self.gelu(self.c_fc(x)))
-
-
-class NanoBlock(nn.Module):
-    def __init__(self, config, attention=CausalSelfAttention):
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = attention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = NanoMLP(config)
-
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
-
-
-class NanoGPT(nn.Module):
-    def __init__(self, config, attention=CausalSelfAttention):
-        super().__init__()
-        self.config = config
-        self.transformer = nn.ModuleDict(
-            {
-                "wte": nn.Embedding(config.vocab_size, config.n_embd),
-                "wpe": nn.Embedding(config.block_size, config.n_embd),
-                "h": nn.ModuleList([NanoBlock(config, attention) for _ in range(config.n_layer)]),
-                "ln_f": nn.LayerNorm(config.n_embd, bias=config.bias),
-            }
-        )
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # weight tying
-
-    def forward(self, idx):
-        _, t = idx.size()
-        pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
-        for block in self.transformer.h:
-            x = block(x)
-        return self.lm_head(self.transformer.ln_f(x))
-
-
-# -- the architectures ---------------------------------------------------------------------------
-
-
-@dataclass
-class Arch:
-    build: Callable[[], nn.Module]
-    kv_heads: int | None  # None: multi-head attention (attention_head groups)
-    head_dim: int
-    mlp: int
-    # parameters removed with one unit, derived by hand from the architecture
-    head_params: int  # one attention head / one KV group
-    query_params: int | None  # one query head inside a KV group
-    mlp_params: int
-    hf: bool = True
-    refused: tuple[str, ...] = ()  # kinds whose plans execute() must refuse (no attribute update can work)
-
-
-def _hf(config_cls, model_cls, attn=None, **kw):
-    def build():
-        torch.manual_seed(0)
-        model = model_cls(config_cls(**kw)).float().eval()
-        if attn is not None:
-            model.set_attn_implementation(attn)
-        return model
-
-    return build
-
-
-def _nanogpt(attention=CausalSelfAttention):
-    def build():
-        torch.manual_seed(0)
-        return NanoGPT(NanoConfig(), attention).eval()
-
-    return build
-
-
-def _llama_like(kv, hd=HEAD_DIM, bias=False, gated=True):
-    """Parameters removed with one KV group (or head), one query head and one MLP channel.
-
-    q/k/v rows and o columns of the unit's heads (plus q/k/v biases), and gate/up rows and down
-    columns (gated) or fc1 rows, fc1 bias and fc2 columns (not gated).  Written out by hand so that
-    ``Group.unit_params`` is checked against the architecture, not against itself.
-    """
-    q_rows = hd * (HEADS // kv if kv else 1)
-    kv_rows = 2 * hd
-    head = (q_rows + kv_rows) * HIDDEN + q_rows * HIDDEN + (q_rows + kv_rows) * bias
-    query = hd * HIDDEN * 2 + hd * bias if kv else None
-    mlp = 3 * HIDDEN if gated else 2 * HIDDEN + 1
-    return {"head_params": head, "query_params": query, "mlp_params": mlp}
-
-
-_COMMON = dict(
-    vocab_size=VOCAB,
-    hidden_size=HIDDEN,
-    num_hidden_layers=LAYERS,
-    num_attention_heads=HEADS,
-    intermediate_size=FFN,
-    max_position_embeddings=64,
-    **TOKENS,
+from zoo import (
+    ARCHS,
+    ATOL,
+    HEADS,
+    HIDDEN,
+    LAYERS,
+    SEQ_SHAPE,
+    VOCAB,
+    exact_kinds,
+    masked_reference,
+    random_plan,
+    removed_masks,
 )
-T = transformers
-ARCHS: dict[str, Arch] = {
-    "llama_gqa": Arch(
-        _hf(T.LlamaConfig, T.LlamaForCausalLM, **_COMMON, num_key_value_heads=3, head_dim=HEAD_DIM),
-        kv_heads=3, head_dim=HEAD_DIM, mlp=FFN, **_llama_like(3),
-    ),
-    "llama_mha": Arch(
-        _hf(T.LlamaConfig, T.LlamaForCausalLM, **_COMMON, num_key_value_heads=HEADS),
-        kv_heads=None, head_dim=HEAD_DIM, mlp=FFN, **_llama_like(None),
-    ),
-    "mistral": Arch(
-        _hf(T.MistralConfig, T.MistralForCausalLM, **_COMMON, num_key_value_heads=2, head_dim=HEAD_DIM),
-        kv_heads=2, head_dim=HEAD_DIM, mlp=FFN, **_llama_like(2),
-    ),
-    # eager attention repeats KV heads by ``num_key_value_groups`` itself (SDPA does it with enable_gqa):
-    # the attribute update is then needed for the forward pass, not only for bookkeeping
-    "mistral_eager": Arch(
-        _hf(T.MistralConfig, T.MistralForCausalLM, attn="eager", **_COMMON, num_key_value_heads=2, head_dim=HEAD_DIM),
-        kv_heads=2, head_dim=HEAD_DIM, mlp=FFN, **_llama_like(2),
-    ),
-    "qwen2": Arch(
-        _hf(T.Qwen2Config, T.Qwen2ForCausalLM, **_COMMON, num_key_value_heads=3),
-        kv_heads=3, head_dim=HEAD_DIM, mlp=FFN, **_llama_like(3, bias=True),
-    ),
-    "phi3": Arch(
-        _hf(T.Phi3Config, T.Phi3ForCausalLM, **_COMMON, num_key_value_heads=2),
-        kv_heads=2, head_dim=HEAD_DIM, mlp=FFN, **_llama_like(2),
-    ),
-    "gemma": Arch(
-        _hf(T.GemmaConfig, T.GemmaForCausalLM, **_COMMON, num_key_value_heads=3, head_dim=10),
-        kv_heads=3, head_dim=10, mlp=FFN, **_llama_like(3, hd=10),
-    ),
-    "gpt2": Arch(
-        _hf(T.GPT2Config, T.GPT2LMHeadModel, vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS,
-            n_inner=FFN, n_positions=64, **TOKENS),
-        kv_heads=None, head_dim=HEAD_DIM, mlp=FFN, **_llama_like(None, bias=True, gated=False),
-    ),
-    "gpt_neox": Arch(
-        _hf(T.GPTNeoXConfig, T.GPTNeoXForCausalLM, **_COMMON, use_parallel_residual=True, rotary_pct=0.5),
-        kv_heads=None, head_dim=HEAD_DIM, mlp=FFN, **_llama_like(None, bias=True, gated=False),
-    ),
-    "opt": Arch(
-        _hf(T.OPTConfig, T.OPTForCausalLM, vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
-            num_attention_heads=HEADS, ffn_dim=FFN, word_embed_proj_dim=HIDDEN, max_position_embeddings=64, **TOKENS),
-        kv_heads=None, head_dim=HEAD_DIM, mlp=FFN, **_llama_like(None, bias=True, gated=False),
-    ),
-    "nanogpt": Arch(
-        _nanogpt(), kv_heads=None, head_dim=HEAD_DIM, mlp=4 * HIDDEN, hf=False,
-        **_llama_like(None, bias=True, gated=False),
-    ),
-    # Karpathy's attention reads the head dim as C // n_head and merges heads back with view(B, T, C),
-    # C being the residual width taken from the input: after removing heads (or hidden channels) no
-    # value of n_head / n_embd makes it run, so execute() must refuse instead of returning a broken model.
-    "nanogpt_karpathy": Arch(
-        _nanogpt(KarpathyAttention), kv_heads=None, head_dim=HEAD_DIM, mlp=4 * HIDDEN, hf=False,
-        refused=("attention_head", "hidden_channel"), **_llama_like(None, bias=True, gated=False),
-    ),
-}
-
-
-def head_kind(arch: str) -> str:
-    return "kv_group" if ARCHS[arch].kv_heads else "attention_head"
-
-
-def exact_kinds(arch: str) -> list[str]:
-    spec = ARCHS[arch]
-    kinds = [head_kind(arch)] + (["query_head"] if spec.kv_heads else []) + ["mlp_channel"]
-    if spec.kv_heads or not spec.hf:  # every exact kind in one plan (KV groups and query heads together)
-        kinds.append("combined")
-    refused = set(spec.refused) | ({"combined"} if spec.refused else set())
-    return [k for k in kinds if k not in refused]
-
 
 EXACT_CASES = [(a, k) for a in ARCHS for k in exact_kinds(a)]
 ALL_CASES = EXACT_CASES + [(a, "hidden_channel") for a in ARCHS if "hidden_channel" not in ARCHS[a].refused]
@@ -307,62 +85,6 @@ def traced():
     return get
 
 
-def _count(layer: int, n: int) -> int:
-    """Units kept in ``layer`` of a group of ``n``: different fractions in different layers."""
-    return min(n - 1, max(1, round(n * (0.6, 0.35)[layer % 2])))
-
-
-def make_plan(groups, kind: str, seed: int = 0) -> dict[str, list[int]]:
-    """A random plan for one kind, or for every exact kind at once (``combined``)."""
-    rng = np.random.default_rng(seed)
-    by_layer = {g.layer: g for g in groups if g.kind in ("kv_group", "attention_head")}
-    keep: dict[str, list[int]] = {}
-    kinds = ("attention_head", "kv_group", "query_head", "mlp_channel") if kind == "combined" else (kind,)
-    for g in groups:
-        if g.kind not in kinds:
-            continue
-        if g.kind == "query_head":
-            b = g.units_per_block
-            per = 1 + g.layer % (b - 1) if b > 2 else 1  # equal count in every KV group of the layer
-            blocks = range(g.n_units // b)
-            if kind == "combined":  # only inside the KV groups the kv_group plan keeps
-                blocks = keep[by_layer[g.layer].id]
-            keep[g.id] = sorted(int(blk * b + r) for blk in blocks for r in rng.choice(b, per, replace=False))
-        elif g.kind == "hidden_channel":
-            keep[g.id] = sorted(rng.choice(g.n_units, g.n_units - 11, replace=False).tolist())
-        else:
-            keep[g.id] = sorted(rng.choice(g.n_units, _count(g.layer, g.n_units), replace=False).tolist())
-    assert keep, f"no {kind} group to plan"
-    return keep
-
-
-def removed_masks(model: nn.Module, groups, keep) -> dict[str, torch.Tensor]:
-    """Per parameter/buffer: True where a removed unit of a planned group owns the position."""
-    tensors = dict(model.named_parameters())
-    tensors.update(dict(model.named_buffers()))
-    masks: dict[str, torch.Tensor] = {}
-    for g in groups:
-        if g.id not in keep:
-            continue
-        for u in sorted(set(range(g.n_units)) - set(keep[g.id])):
-            for m in g.members:
-                t = tensors[m.param]
-                mask = masks.setdefault(m.param, torch.zeros(t.shape, dtype=torch.bool))
-                mask.index_fill_(m.axis, torch.as_tensor(m.indices(u), dtype=torch.long), True)
-    return masks
-
-
-def masked_reference(model: nn.Module, groups, keep) -> nn.Module:
-    """The oracle: a deep copy of ``model`` with every member slice of every removed unit zeroed."""
-    ref = copy.deepcopy(model)
-    tensors = dict(ref.named_parameters())
-    tensors.update(dict(ref.named_buffers()))
-    with torch.no_grad():
-        for name, mask in removed_masks(model, groups, keep).items():
-            tensors[name].masked_fill_(mask, 0.0)
-    return ref
-
-
 @dataclass
 class Pruned:
     model: nn.Module
@@ -377,7 +99,7 @@ def pruned(traced):
     def get(arch: str, kind: str) -> Pruned:
         if (arch, kind) not in cache:
             t = traced(arch)
-            keep = make_plan(t.groups, kind)
+            keep = random_plan(t.groups, kind)
             model, record = execute(t.model, t.trace, t.groups, keep)
             cache[(arch, kind)] = Pruned(model.eval(), record, keep)
         return cache[(arch, kind)]
@@ -576,7 +298,7 @@ def test_input_model_unchanged(traced, pruned, arch, kind):
 def test_refused(traced, arch, kind):
     t = traced(arch)
     with pytest.raises(AttributeInferenceError):
-        execute(t.model, t.trace, t.groups, make_plan(t.groups, kind))
+        execute(t.model, t.trace, t.groups, random_plan(t.groups, kind))
     for k, v in t.model.state_dict().items():
         assert torch.equal(v, t.state[k]), k
     assert _attr_snapshot(t.model) == t.attrs

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from pruners.importance.calibration import CalibrationConfig, calibration_samples, read_documents
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-STORIES = SHARED / "models" / "stories260K"
+from zoo import SHARED, STORIES
+
 TRAIN = SHARED / "data" / "tinystories-train" / "tinystories-train.cased.txt"
 ALPACA = SHARED / "data" / "alpaca" / "alpaca_small_2000.json"
-pytestmark = pytest.mark.skipif(not STORIES.is_dir(), reason="../shared is not present")
+pytestmark = pytest.mark.shared
 
 
 @pytest.fixture(scope="module")

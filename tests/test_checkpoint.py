@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +11,9 @@ from pruners.errors import OutputError
 from pruners.io.checkpoint import load_model, save_pruned
 from pruners.pipeline import PruneConfig, prune
 
-STORIES = Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K"
-pytestmark = pytest.mark.skipif(not STORIES.is_dir(), reason="../shared/models is not present")
+from zoo import ARCHS, STORIES
+
+pytestmark = pytest.mark.shared
 
 
 @pytest.fixture(scope="module")
@@ -103,16 +103,11 @@ def test_input_model_is_not_modified(source):
 def test_computed_buffers_survive_hidden_pruning(tmp_path):
     """Gemma scales embeddings by a non-persistent sqrt(hidden_size) buffer: the pruned model keeps the
     original scale, so its config must not claim the new hidden size, and the reload must be exact."""
-    import transformers as tf
-
     from depgraph import meta_copy, trace
     from depgraph.groups import find_groups
     from pruners.slicing.executor import execute
 
-    torch.manual_seed(0)
-    cfg = tf.GemmaConfig(vocab_size=97, pad_token_id=0, bos_token_id=1, eos_token_id=2, num_hidden_layers=2,
-                         hidden_size=48, num_attention_heads=6, num_key_value_heads=3, head_dim=10, intermediate_size=80)
-    model = tf.GemmaForCausalLM(cfg).eval()
+    model = ARCHS["gemma"].build()
     tr = trace(meta_copy(model))
     groups = find_groups(tr)
     hidden = next(g for g in groups if g.kind == "hidden_channel")

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
 from pruners.cli import main
 
-MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
-STORIES = MODELS / "stories260K"
+from zoo import MODELS, STORIES
 
-pytestmark = pytest.mark.skipif(not STORIES.is_dir(), reason="../shared/models is not present")
+pytestmark = pytest.mark.shared
 
 
 def run_cli(capsys, *argv):

@@ -29,13 +29,11 @@ from pruners.importance import AGGREGATIONS, ESTIMATORS, load_plugins
 from pruners.io.checkpoint import load_model
 from pruners.pipeline import count_params
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-STORIES = SHARED / "models" / "stories260K"  # architecture and tokenizer of the test model
+from zoo import SHARED, STORIES
+
 CALIBRATION = SHARED / "data" / "tinystories-valid" / "TinyStories-valid.first46.txt"
 
-pytestmark = pytest.mark.skipif(
-    not (STORIES.is_dir() and CALIBRATION.is_file()), reason="../shared/models or ../shared/data is not present"
-)
+pytestmark = pytest.mark.shared
 
 load_plugins()  # the CLI loads plugins too: their names must be part of the matrix
 ESTIMATOR_NAMES = sorted(ESTIMATORS)

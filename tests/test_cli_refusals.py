@@ -21,13 +21,13 @@ from safetensors.torch import load_file, save_file
 import pruners.io.checkpoint
 from pruners.cli import main
 
+from zoo import SHARED, STORIES, tiny_gpt2
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-STORIES = SHARED / "models" / "stories260K"
 VALID = SHARED / "data" / "tinystories-valid" / "TinyStories-valid.first46.txt"
 PIQA = SHARED / "data" / "piqa"
 
-pytestmark = pytest.mark.skipif(not STORIES.is_dir(), reason="../shared/models is not present")
+pytestmark = pytest.mark.shared
 
 
 def run_cli(capsys, *argv):
@@ -435,11 +435,9 @@ def test_a_saved_buffer_of_the_wrong_shape_is_refused(tmp_path, capsys):
 
 
 def test_speed_of_a_model_with_a_short_context_fits_it():
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     from pruners.eval import generation_speed
 
-    model = GPT2LMHeadModel(GPT2Config(n_positions=8, n_embd=16, n_layer=1, n_head=2, vocab_size=64)).eval()
+    model = tiny_gpt2(n_positions=8, n_embd=16, n_layer=1, n_head=2)
     report = generation_speed(model, repeats=1)
     assert (report["prompt_len"], report["gen_len"]) == (4, 4) and report["tokens_per_s"] > 0
 
@@ -471,10 +469,8 @@ def test_standard_output_closed_or_full(tmp_path):
 
 
 def test_a_short_context_model_prunes(tmp_path, capsys):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     model = tmp_path / "gpt2"
-    GPT2LMHeadModel(GPT2Config(n_positions=8, n_embd=32, n_layer=2, n_head=4, vocab_size=64)).save_pretrained(model)
+    tiny_gpt2(n_positions=8).save_pretrained(model)
     code, _, err = run_cli(capsys, *prune_argv(model, tmp_path / "o"))  # the logit probe fits 8 positions
     assert code == 0, err
 

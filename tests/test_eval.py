@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,10 +12,9 @@ from pruners.cli import main
 from pruners.eval import perplexity, read_openbookqa, read_piqa, zero_shot
 from pruners.io.checkpoint import load_model
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-STORIES = SHARED / "models" / "stories260K"
-DATA = SHARED / "data"
-pytestmark = pytest.mark.skipif(not STORIES.is_dir(), reason="../shared is not present")
+from zoo import DATA, STORIES
+
+pytestmark = pytest.mark.shared
 
 
 @pytest.fixture(scope="module")

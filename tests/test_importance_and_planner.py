@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -15,6 +13,8 @@ from pruners.importance import AGGREGATIONS, ESTIMATORS, ScoringContext, make_es
 from pruners.pipeline import PruneConfig, check_feasible
 from pruners.planner import PlannerConfig, plan_global, plan_uniform
 from pruners.slicing.executor import validate_keep
+
+from zoo import STORIES, require_shared
 
 
 class Two(nn.Module):
@@ -164,15 +164,13 @@ def test_bad_layer_ranges():
 
 # -- an explicit per-kind ratio (kind_ratios) instead of a parameter fraction ------------------
 
-STORIES = Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K"
 STORIES_PARAMS = 260032
 
 
 @pytest.fixture(scope="module")
 def stories_groups():
     """The real groups of stories260K: 5 layers x (4 KV groups, 8 query heads in blocks of 2, 172 MLP channels)."""
-    if not STORIES.is_dir():
-        pytest.skip("../shared/models is not present")
+    require_shared(STORIES)
     from depgraph import trace
     from depgraph.groups import find_groups
     from pruners.io.checkpoint import load_model

@@ -24,10 +24,9 @@ from pruners.eval.multiple_choice import Choice, read_openbookqa, read_piqa, zer
 from pruners.eval.perplexity import documents, perplexity
 from pruners.importance.calibration import CalibrationConfig, calibration_samples, read_documents
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-STORIES = SHARED / "models" / "stories260K"
-DATA = SHARED / "data"
-needs_shared = pytest.mark.skipif(not STORIES.is_dir(), reason="../shared is not present")
+from zoo import DATA, STORIES, require_shared
+
+needs_shared = pytest.mark.shared
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 ALPACA_OK = [{"instruction": "Say hi.", "input": "", "output": "Hi."}, {"instruction": "Add.", "input": "1 2", "output": "3"}]
@@ -37,8 +36,7 @@ OBQA_ROW = "q1\tFog is near:\t(A) a marsh (B) a desert\tFog is near: (A) a marsh
 
 @pytest.fixture(scope="module")
 def tok():
-    if not STORIES.is_dir():
-        pytest.skip("../shared is not present")
+    require_shared(STORIES)
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(STORIES)

@@ -25,13 +25,13 @@ from hypothesis import strategies as st
 from pruners.errors import ModelSourceError, NonFiniteError
 from pruners.io.checkpoint import check_weights, has_weights, load_model, load_tokenizer
 
+from zoo import MODELS, STORIES, tiny_llama
+
 REPO = Path(__file__).resolve().parents[1]
-MODELS = REPO.parent / "shared" / "models"
-STORIES = MODELS / "stories260K"
 VARIANTS = ["stories260K", "stories260K-mistral", "stories260K-qwen2", "stories260K-phi3"]
 IDS = torch.randint(3, 500, (2, 25), generator=torch.Generator().manual_seed(0))
 
-pytestmark = pytest.mark.skipif(not STORIES.is_dir(), reason="../shared/models is not present")
+pytestmark = pytest.mark.shared
 
 
 def copy_model(src: Path, dst: Path) -> Path:
@@ -321,14 +321,8 @@ def test_valid_safetensors_without_tensors_is_not_a_model(stories, kind):
 
 @pytest.fixture(scope="module")
 def tiny_sharded(tmp_path_factory) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=64, max_position_embeddings=64, pad_token_id=0,
-                      bos_token_id=1, eos_token_id=2)
     d = tmp_path_factory.mktemp("tiny") / "sharded"
-    LlamaForCausalLM(cfg).save_pretrained(d, max_shard_size="4KB")
+    tiny_llama(vocab_size=64).save_pretrained(d, max_shard_size="4KB")
     assert (d / "model.safetensors.index.json").is_file() and len(list(d.glob("model-*.safetensors"))) > 1
     return d
 

@@ -19,8 +19,9 @@ import pytest
 from pruners.errors import OutputError
 from pruners.io.output_dir import MARKER, OutputDir, current_umask
 
+from zoo import STORIES
+
 REPO = Path(__file__).resolve().parents[1]
-STORIES = REPO.parent / "shared" / "models" / "stories260K"
 OLD = {"weights.bin": b"old" * 1000, "config.json": b'{"old": 1}'}
 NEW = {"weights.bin": b"new" * 2000, "config.json": b'{"new": 2}'}
 
@@ -423,7 +424,7 @@ def test_modes_follow_the_umask(tmp_path, mask):
 
 # ---------------------------------------------------------------- save_pruned
 
-needs_stories = pytest.mark.skipif(not STORIES.is_dir(), reason="../shared/models is not present")
+needs_stories = pytest.mark.shared
 
 SAVE = """
 import sys

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,12 +12,12 @@ from depgraph import trace
 from depgraph.groups import find_groups
 from pruners.io.checkpoint import load_model
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-MODELS = SHARED / "models"
+from zoo import MODELS, SHARED
+
 TINYSTORIES = SHARED / "data" / "tinystories-valid" / "TinyStories-valid.first46.txt"
 VARIANTS = ["stories260K", "stories260K-mistral", "stories260K-qwen2", "stories260K-phi3"]
 
-pytestmark = pytest.mark.skipif(not MODELS.is_dir(), reason="../shared/models is not present")
+pytestmark = pytest.mark.shared
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

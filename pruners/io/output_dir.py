@@ -44,7 +44,6 @@ from pathlib import Path
 from ..errors import OutputError
 
 MARKER = ".depprune-output.json"
-RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 _LOCK_TRIES = 20

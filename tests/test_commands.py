@@ -1,0 +1,70 @@
+"""The CLI knows no commands: every command, depprune's own too, comes through the ``depprune.commands`` entry points."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import pytest
+
+from pruners.cli import main
+from pruners.cli.registry import Command, load_commands
+
+HELLO = textwrap.dedent(
+    '''
+    from pruners.cli.registry import Command
+    from pruners.errors import UsageError
+
+    def add_arguments(p):
+        p.add_argument("--name", required=True)
+        p.add_argument("--json", action="store_true")
+
+    def run(args):
+        if args.name == "nobody":
+            raise UsageError("--name 'nobody' is not a name")
+        return {"greeting": f"hello {args.name}"}
+
+    def show(report):
+        print(report["greeting"])
+
+    COMMAND = Command("hello", "say hello", add_arguments, run, show)
+    NOT_A_COMMAND = object()
+    '''
+)
+
+
+def install(tmp_path, monkeypatch, entry_points: str) -> None:
+    """A package on sys.path advertising ``entry_points`` (a dist-info directory, as pip writes one)."""
+    (tmp_path / "depprune_hello.py").write_text(HELLO)
+    info = tmp_path / "depprune_hello-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: depprune-hello\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(entry_points)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "depprune_hello", raising=False)
+
+
+def test_depprunes_own_commands_are_registered_entry_points():
+    commands = load_commands()
+    assert {"inspect", "prune", "eval"} <= set(commands)
+    assert all(isinstance(c, Command) and c.name == name for name, c in commands.items())
+
+
+def test_an_installed_package_adds_a_command(tmp_path, monkeypatch, capsys):
+    install(tmp_path, monkeypatch, "[depprune.commands]\nhello = depprune_hello:COMMAND\n")
+    assert main(["hello", "--name", "world"]) == 0
+    assert capsys.readouterr().out == "hello world\n"
+    assert main(["hello", "--name", "world", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"greeting": "hello world"}
+    assert main(["hello", "--name", "nobody"]) == 2  # its errors go through the one error funnel
+    assert capsys.readouterr().err == "error: depprune hello: --name 'nobody' is not a name\n"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "hello" in capsys.readouterr().out
+
+
+def test_an_entry_point_that_is_not_a_command_is_refused(tmp_path, monkeypatch):
+    install(tmp_path, monkeypatch, "[depprune.commands]\nhello = depprune_hello:NOT_A_COMMAND\n")
+    with pytest.raises(TypeError, match="'hello' = 'depprune_hello:NOT_A_COMMAND' .* is not a Command named 'hello'"):
+        load_commands()

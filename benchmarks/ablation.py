@@ -65,10 +65,10 @@ from pruners import (
     make_plan,
     masked_copy,
     needs_of,
+    perplexity,
     removed_positions,
     select_groups,
 )
-from pruners.eval import perplexity
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

@@ -58,6 +58,12 @@ _EXPORTS = {
     "load_pruned": "io.checkpoint",
     "load_tokenizer": "io.checkpoint",
     "save_pruned": "io.checkpoint",
+    # evaluation
+    "perplexity": "eval.perplexity",
+    "zero_shot": "eval.multiple_choice",
+    "read_piqa": "eval.multiple_choice",
+    "read_openbookqa": "eval.multiple_choice",
+    "generation_speed": "eval.speed",
     # plugins
     "register_estimator": "importance.registry",
     "register_aggregation": "importance.registry",

@@ -404,7 +404,7 @@ def test_zero_shot_items_longer_than_the_context_keep_its_end():
     """An item longer than max_position_embeddings is scored on its last 512 tokens (lm-eval's rule)."""
     import torch
 
-    from pruners.eval.multiple_choice import _continuation_logprob
+    from pruners.eval.multiple_choice import continuation_logprob
     from pruners.io.checkpoint import load_model, load_tokenizer
 
     model, tok = load_model(STORIES), load_tokenizer(STORIES)
@@ -415,7 +415,7 @@ def test_zero_shot_items_longer_than_the_context_keep_its_end():
     with torch.no_grad():
         logp = torch.log_softmax(model(torch.tensor([window])).logits[0, :-1], dim=-1)  # (511, vocab)
     expected = sum(float(logp[i - 1, window[i]]) for i in range(512 - n_cont, 512))
-    assert _continuation_logprob(model, tok, context, continuation) == pytest.approx(expected, abs=1e-4)
+    assert continuation_logprob(model, tok, context, continuation) == pytest.approx(expected, abs=1e-4)
 
 
 def test_a_saved_buffer_of_the_wrong_shape_is_refused(tmp_path, capsys):

@@ -133,7 +133,7 @@ def read_openbookqa(path: str | Path) -> list[Choice]:
     return items
 
 
-def _continuation_logprob(model: nn.Module, tokenizer, context: str, continuation: str) -> float:
+def continuation_logprob(model: nn.Module, tokenizer, context: str, continuation: str) -> float:
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     ctx = bos + tokenizer(context, add_special_tokens=False)["input_ids"]
     full = bos + tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
@@ -179,7 +179,7 @@ def zero_shot(model: nn.Module, tokenizer, items: list[Choice], limit: int | Non
     correct = correct_norm = 0
     model.eval()
     for it in tqdm(items, desc="zero-shot", disable=not progress, leave=False):
-        lls = [_continuation_logprob(model, tokenizer, it.context, c) for c in it.continuations]
+        lls = [continuation_logprob(model, tokenizer, it.context, c) for c in it.continuations]
         norm = [ll / max(1, len(c)) for ll, c in zip(lls, it.continuations)]
         correct += int(max(range(len(lls)), key=lls.__getitem__) == it.label)
         correct_norm += int(max(range(len(norm)), key=norm.__getitem__) == it.label)

@@ -9,12 +9,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -32,6 +33,7 @@ from .importance import (
     collect_signals,
     make_estimator,
     needs_of,
+    validate_options,
 )
 from .planner import LayerRange, Plan, PlannerConfig, PruneTarget, make_plan, select_groups
 
@@ -40,6 +42,10 @@ class PruneConfig(PruneTarget):
     """One structured-pruning run: a target (``ratio`` or ``kind_ratios``, see :class:`PruneTarget`) and the rest."""
 
     importance: str = Field("l2", description="registered importance estimator (see `depprune prune --help`)")
+    importance_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="options of the importance estimator, its config's fields (e.g. {power: 2.5}; CLI: --importance-option KEY=VALUE)",
+    )
     aggregation: str = Field("sum", description="how member scores combine into one score per unit")
     strategy: Literal["uniform", "global"] = Field("uniform", description="uniform per-group ratio, or global ranking")
     layers: LayerRange | None = Field(
@@ -62,6 +68,11 @@ class PruneConfig(PruneTarget):
         if v not in registry:
             raise ValueError(f"unknown {info.field_name} {v!r}; registered: {', '.join(sorted(registry))}")
         return v
+
+    @model_validator(mode="after")
+    def _options_of_the_estimator(self) -> PruneConfig:
+        self.importance_options = validate_options(self.importance, self.importance_options)
+        return self
 
     def planner(self) -> PlannerConfig:
         return PlannerConfig(
@@ -102,13 +113,15 @@ def member_scores(
     seed: int,
     progress: bool = True,
     samples: list[torch.Tensor] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The estimator's rows for every group, ``(n_members, n_units)`` per group id, before aggregation.
 
-    Calibration ``samples`` feed estimators that need signals; only the groups' own weights
-    are differentiated.
+    ``options`` configure the estimator (its config's fields, see
+    :func:`~pruners.importance.validate_options`).  Calibration ``samples`` feed estimators
+    that need signals; only the groups' own weights are differentiated.
     """
-    estimator = make_estimator(importance)
+    estimator = make_estimator(importance, **(options or {}))
     needs = needs_of(estimator)
     if needs and not samples:
         raise ValueError(f"importance {importance!r} needs calibration samples (CLI: --calibration FILE)")
@@ -129,10 +142,14 @@ def score_groups(
     seed: int,
     progress: bool = True,
     samples: list[torch.Tensor] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
-    """One score per unit of every group: :func:`member_scores` reduced by ``aggregation``."""
-    rows = member_scores(model, groups, importance, seed, progress, samples)
-    return {gid: aggregate(aggregation, r).numpy() for gid, r in rows.items()}
+    """One score per unit of every group: :func:`member_scores` reduced by ``aggregation``.
+
+    A group none of whose members the estimator scores is a :class:`~pruners.errors.UsageError`.
+    """
+    rows = member_scores(model, groups, importance, seed, progress, samples, options)
+    return {gid: aggregate(aggregation, r, gid, importance).numpy() for gid, r in rows.items()}
 
 
 def run_samples(config: PruneConfig, tokenizer) -> list[torch.Tensor]:
@@ -184,7 +201,7 @@ def prune(
     NaN/Inf in the source or pruned model's logits, or in the scores, raise
     :class:`~pruners.errors.NonFiniteError` unless ``config.allow_nonfinite``.
     """
-    if samples is None and needs_of(make_estimator(config.importance)):
+    if samples is None and needs_of(make_estimator(config.importance, **config.importance_options)):
         if tokenizer is None or config.calibration.source is None:
             raise UsageError(f"importance {config.importance!r} needs calibration data: a tokenizer and calibration.source")
         check_context(config, model)
@@ -197,7 +214,9 @@ def prune(
     probe = samples[0] if samples else probe_tokens(model)
     if not config.allow_nonfinite:
         check_finite_logits(model, probe, "the source model")
-    scores = score_groups(model, chosen, config.importance, config.aggregation, config.seed, progress, samples)
+    scores = score_groups(
+        model, chosen, config.importance, config.aggregation, config.seed, progress, samples, config.importance_options
+    )
     if not config.allow_nonfinite:
         check_finite_scores(scores, config.importance)
     plan = make_plan(groups, scores, planner, before)

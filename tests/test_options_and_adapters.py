@@ -316,3 +316,17 @@ def test_a_module_with_an_adapter_still_has_its_other_attributes_inferred(readme
     assert [layer.inner for layer in pruned.layers] == [2 * k for k in kept]
     assert {(path, attr) for path, attr, _ in record.attributes} == {("layers.0", "inner"), ("layers.1", "inner")}
     assert_oracle(model, groups, keep, pruned)
+
+
+def test_attributes_an_adapter_owns_are_never_inferred(modeling):
+    # nn.Embedding's adapter owns padding_idx, a token id: equal to the old hidden size here, it
+    # must not follow the pruned hidden size (a re-trace could not tell, shapes do not depend on it)
+    model = modeling.TinyFused(heads=(4, 5)).eval()
+    model.embed.padding_idx = 14  # the hidden size
+    tr = trace(meta_copy(model))
+    groups = find_groups(tr)
+    keep = {"hidden_channel@all": [0, 1, 2, 4, 6, 7, 9, 10, 12, 13]}
+    pruned, record = execute(model, tr, groups, keep)
+    assert pruned.embed.embedding_dim == 10 and pruned.embed.padding_idx == 14
+    assert record.attributes == []
+    assert_oracle(model, groups, keep, pruned.eval())  # no norm: removing hidden channels is masking them

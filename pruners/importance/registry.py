@@ -34,7 +34,7 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -51,7 +51,6 @@ from .signals import Signals
 class ScoringContext:
     """What estimators may read: named parameters, calibration signals, a seeded generator."""
 
-    model: nn.Module
     generator: torch.Generator
     params: dict[str, torch.Tensor] = field(default_factory=dict)
     signals: Signals = field(default_factory=Signals)
@@ -60,7 +59,7 @@ class ScoringContext:
     def for_model(cls, model: nn.Module, seed: int = 0, signals: Signals | None = None) -> ScoringContext:
         params = dict(model.named_parameters(remove_duplicate=False))  # tied weights under every name
         params.update(dict(model.named_buffers(remove_duplicate=False)))
-        return cls(model=model, generator=torch.Generator().manual_seed(seed), params=params, signals=signals or Signals())
+        return cls(generator=torch.Generator().manual_seed(seed), params=params, signals=signals or Signals())
 
     def weight(self, group: Group, member: Member) -> torch.Tensor:
         """The detached tensor of ``member`` of ``group``.
@@ -80,7 +79,6 @@ class ScoringContext:
         return w.detach()
 
 
-@runtime_checkable
 class Estimator(Protocol):
     """Scores units of a group.  ``needs`` names the calibration signals it reads
     (``"grad"``, ``"fisher"``, ``"activations"``); leave it empty for data-free estimators."""
@@ -98,10 +96,10 @@ def needs_of(estimator) -> frozenset[str]:
 
 @dataclass(frozen=True)
 class EstimatorSpec:
-    name: str
+    """A registered estimator: its class (called with a config instance) and its config class."""
+
     factory: Callable[[BaseModel], Estimator]
     config: type[BaseModel]
-    description: str
 
 
 ESTIMATORS: dict[str, EstimatorSpec] = {}
@@ -114,8 +112,7 @@ def register_estimator(name: str, config: type[BaseModel]):
     def deco(cls):
         if name in ESTIMATORS:
             raise ValueError(f"estimator {name!r} is already registered")
-        doc = (cls.__doc__ or "").strip().splitlines()
-        ESTIMATORS[name] = EstimatorSpec(name, cls, config, doc[0] if doc else "")
+        ESTIMATORS[name] = EstimatorSpec(cls, config)
         return cls
 
     return deco

@@ -174,7 +174,7 @@ class PruneConfig(PlannerConfig):
     Traceback (most recent call last):
     ...
     pydantic_core._pydantic_core.ValidationError: 1 validation error for PruneConfig
-      Value error, unknown option 'p' for importance 'l2', which takes none [type=value_error, ...]
+      Value error, importance 'l2' takes no options; got 'p' [type=value_error, ...]
     ...
     """
 
@@ -204,11 +204,9 @@ class PruneConfig(PlannerConfig):
 
     @model_validator(mode="after")
     def _options_fit_estimator(self):
-        from .importance import estimator_config
+        from .importance import validate_options
 
-        self.importance_options = estimator_config(self.importance, self.importance_options).model_dump(
-            exclude_unset=True
-        )
+        self.importance_options = validate_options(self.importance, self.importance_options)
         return self
 
 

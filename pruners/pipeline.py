@@ -92,9 +92,12 @@ def score_groups(
     progress: bool = True,
     signals: Signals | None = None,
 ) -> dict[str, np.ndarray]:
-    """One score per unit of every group: :func:`member_scores` reduced by ``config.aggregation``."""
+    """One score per unit of every group: :func:`member_scores` reduced by ``config.aggregation``.
+
+    A group none of whose members the estimator scores is a :class:`~pruners.errors.UsageError`.
+    """
     rows = member_scores(model, groups, config, samples, progress, signals)
-    return {gid: aggregate(config.aggregation, r).numpy() for gid, r in rows.items()}
+    return {gid: aggregate(config.aggregation, r, gid, config.importance).numpy() for gid, r in rows.items()}
 
 
 def run_samples(config: PruneConfig, tokenizer) -> list[torch.Tensor]:

@@ -12,8 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from depgraph import trace
-from depgraph.groups import find_groups
+from depgraph import meta_copy, trace
+from depgraph.groups import Group, Member, find_groups
+from pruners.config import PruneConfig
+from pruners.errors import UsageError
 from pruners.importance import ScoringContext, collect_signals, make_estimator, needs_of, unit_scores
 
 
@@ -120,10 +122,61 @@ def test_unscored_members_are_left_out_of_the_aggregation(setup, name, aggregati
     assert np.allclose(unit_scores(group, est, ctx, aggregation), expect, rtol=1e-12)
 
 
-def test_a_group_without_any_scored_member_scores_zero(setup):
+def test_a_group_without_any_scored_member_is_refused_naming_group_and_estimator(setup):
+    # no activation statistics: wanda-sp applies to no member; the group must not score 0
+    # everywhere (the planner would then prune by unit index)
     model, group, *_ = setup
     est = make_estimator("wanda-sp")
-    assert np.array_equal(unit_scores(group, est, ScoringContext.for_model(model, 0)), np.zeros(group.n_units))
+    with pytest.raises(UsageError, match=r"importance 'wanda-sp' scores none of the 2 members of group mlp_channel@all"):
+        unit_scores(group, est, ScoringContext.for_model(model, 0))
+
+
+def test_score_groups_refuses_a_group_no_member_of_which_is_scored(setup):
+    from pydantic import BaseModel
+
+    from pruners.importance import ESTIMATORS, register_estimator
+    from pruners.pipeline import score_groups
+
+    class NoOptions(BaseModel):
+        pass
+
+    @register_estimator("test-abstains", config=NoOptions)
+    class Abstains:
+        """Scores nothing (a plugin that does not apply to MLP channels)."""
+
+        needs = frozenset()
+
+        def __init__(self, config):
+            self.config = config
+
+        def score(self, group, ctx):
+            return torch.full((len(group.members), group.n_units), torch.nan, dtype=torch.float64)
+
+    model, group, *_ = setup
+    try:
+        with pytest.raises(UsageError, match=r"importance 'test-abstains' scores none of the 2 members of group mlp_channel@all"):
+            score_groups(model, [group], PruneConfig(ratio=0.5, importance="test-abstains"), progress=False)
+    finally:
+        ESTIMATORS.pop("test-abstains")
+
+
+@pytest.mark.parametrize("name", ["l1", "l2", "taylor-element", "wanda-sp"])
+def test_a_member_without_weights_is_an_error_naming_it(setup, name):
+    # a meta copy holds no weights: every estimator that reads them must say so, not give NaN rows
+    model, group, *_ = setup
+    est = make_estimator(name)
+    sig = collect_signals(model, SAMPLES, needs_of(est), progress=False)
+    with pytest.raises(UsageError, match=r"member up\.weight of group mlp_channel@all has no weights \(it is on the meta device\)"):
+        est.score(group, ScoringContext.for_model(meta_copy(model), 0, sig))
+
+
+def test_a_member_the_model_does_not_have_is_an_error_naming_it(setup):
+    model, group, *_ = setup
+    foreign = Group(group.id, group.kind, group.layer, group.n_units,
+                    [group.members[0], Member("mlp.down.weight", 1, group.members[1].unit_of)],
+                    unit_params=group.unit_params, exact=True, factors=group.factors)
+    with pytest.raises(UsageError, match=r"member mlp\.down\.weight of group mlp_channel@all is not a parameter or buffer"):
+        make_estimator("l1").score(foreign, ScoringContext.for_model(model, 0))
 
 
 def test_signal_collection_leaves_the_model_as_it_was(setup):

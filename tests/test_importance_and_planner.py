@@ -4,33 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
-from depgraph.groups import Group, Member
+from depgraph.groups import Group
 from pruners.errors import PlanError
 from pruners.importance import AGGREGATIONS, ESTIMATORS, ScoringContext, make_estimator, unit_scores
 from pruners.pipeline import PruneConfig, check_feasible
 from pruners.planner import PlannerConfig, plan_global, plan_uniform
 from pruners.slicing.executor import validate_keep
 
-from zoo import STORIES, require_shared
-
-
-class Two(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.up = nn.Linear(2, 3, bias=False)
-        self.down = nn.Linear(3, 2, bias=False)
-        with torch.no_grad():
-            self.up.weight.copy_(torch.tensor([[1.0, -2.0], [0.5, 0.5], [-3.0, 4.0]]))  # rows = units
-            self.down.weight.copy_(torch.tensor([[1.0, 0.0, 2.0], [-1.0, 3.0, 0.0]]))  # columns = units
-
-
-def channel_group() -> Group:
-    unit_of = np.arange(3)
-    members = [Member("up.weight", 0, unit_of), Member("down.weight", 1, unit_of)]
-    return Group("mlp_channel@0", "mlp_channel", 0, 3, members, unit_params=4, exact=True, factors=("f",))
+from zoo import STORIES, Two, channel_group, require_shared
 
 
 def ctx(seed=0):

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 import transformers
 from torch import nn
 
+from depgraph.groups import Group, Member
 from pruners import masked_copy, removed_positions
 
 # -- the real models and data in ../shared (read only) -------------------------------------------
@@ -304,6 +305,29 @@ def exact_kinds(arch: str) -> list[str]:
     refused = set(spec.refused) | ({"combined"} if spec.refused else set())
     return [k for k in kinds if k not in refused]
 
+
+
+
+# -- two linear layers with one MLP-like group, weights by hand -----------------------------------
+
+
+class Two(nn.Module):
+    """``up`` (2 -> 3) then ``down`` (3 -> 2), weights chosen by hand: three units, rows of up and columns of down."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.Linear(2, 3, bias=False)
+        self.down = nn.Linear(3, 2, bias=False)
+        with torch.no_grad():
+            self.up.weight.copy_(torch.tensor([[1.0, -2.0], [0.5, 0.5], [-3.0, 4.0]]))  # rows = units
+            self.down.weight.copy_(torch.tensor([[1.0, 0.0, 2.0], [-1.0, 3.0, 0.0]]))  # columns = units
+
+
+def channel_group() -> Group:
+    """The one group of :class:`Two`: its three units and their up rows and down columns."""
+    unit_of = np.arange(3)
+    members = [Member("up.weight", 0, unit_of), Member("down.weight", 1, unit_of)]
+    return Group("mlp_channel@0", "mlp_channel", 0, 3, members, unit_params=4, exact=True, factors=("f",))
 
 
 

@@ -7,20 +7,24 @@ from .registry import (
     Estimator,
     ScoringContext,
     aggregate,
-    estimator_config,
+    estimator_name,
     load_plugins,
     make_estimator,
     member_reduce,
     needs_of,
+    parse_option,
+    parse_options,
     register_aggregation,
     register_estimator,
     unit_scores,
     unit_sums,
+    validate_options,
 )
 from .signals import Signals, collect_signals
 
 __all__ = [
-    "AGGREGATIONS", "ESTIMATORS", "Estimator", "ScoringContext", "aggregate", "estimator_config", "load_plugins", "make_estimator",
-    "member_reduce", "needs_of", "register_aggregation", "register_estimator", "unit_scores", "unit_sums",
+    "AGGREGATIONS", "ESTIMATORS", "Estimator", "ScoringContext", "aggregate", "estimator_name", "load_plugins",
+    "make_estimator", "member_reduce", "needs_of", "parse_option", "parse_options", "register_aggregation",
+    "register_estimator", "unit_scores", "unit_sums", "validate_options",
     "Signals", "collect_signals",
 ]

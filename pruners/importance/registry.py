@@ -20,21 +20,30 @@ an estimator with its pydantic config::
 
         def score(self, group, ctx):
             return member_reduce(group, ctx, lambda w: w.abs().pow(self.config.power))
+
+The config's fields are the estimator's **options**: :func:`validate_options` checks a mapping
+of them (``PruneConfig.importance_options``, a run file's ``importance_options: {power: 2.5}``)
+and :func:`parse_options` reads ``KEY=VALUE`` strings (``--importance-option power=2.5``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import json
+import reprlib
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
-from depgraph.groups import Group
+from depgraph.groups import Group, Member
 
+from ..errors import UsageError
 from .signals import Signals
 
 
@@ -42,19 +51,34 @@ from .signals import Signals
 class ScoringContext:
     """What estimators may read: named parameters, calibration signals, a seeded generator."""
 
-    model: nn.Module
     generator: torch.Generator
     params: dict[str, torch.Tensor] = field(default_factory=dict)
     signals: Signals = field(default_factory=Signals)
 
     @classmethod
     def for_model(cls, model: nn.Module, seed: int = 0, signals: Signals | None = None) -> ScoringContext:
-        params = dict(model.named_parameters())
-        params.update(dict(model.named_buffers()))
-        return cls(model=model, generator=torch.Generator().manual_seed(seed), params=params, signals=signals or Signals())
+        params = dict(model.named_parameters(remove_duplicate=False))  # tied weights under every name
+        params.update(dict(model.named_buffers(remove_duplicate=False)))
+        return cls(generator=torch.Generator().manual_seed(seed), params=params, signals=signals or Signals())
+
+    def weight(self, group: Group, member: Member) -> torch.Tensor:
+        """The detached tensor of ``member`` of ``group``.
+
+        A member that is not a parameter or buffer of the model, or whose tensor holds no data
+        (the meta device), is an error naming it: it must never become a silent "not scored".
+        """
+        w = self.params.get(member.param)
+        where = f"member {member.param} of group {group.id}"
+        if w is None:
+            raise UsageError(
+                f"{where} is not a parameter or buffer of the model being scored; "
+                "score the model the groups were found on"
+            )
+        if w.device.type == "meta":
+            raise UsageError(f"{where} has no weights (it is on the meta device); load the model's weights before scoring")
+        return w.detach()
 
 
-@runtime_checkable
 class Estimator(Protocol):
     """Scores units of a group.  ``needs`` names the calibration signals it reads
     (``"grad"``, ``"fisher"``, ``"activations"``); leave it empty for data-free estimators."""
@@ -72,10 +96,10 @@ def needs_of(estimator) -> frozenset[str]:
 
 @dataclass(frozen=True)
 class EstimatorSpec:
-    name: str
+    """A registered estimator: its class (called with a config instance) and its config class."""
+
     factory: Callable[[BaseModel], Estimator]
     config: type[BaseModel]
-    description: str
 
 
 ESTIMATORS: dict[str, EstimatorSpec] = {}
@@ -88,8 +112,7 @@ def register_estimator(name: str, config: type[BaseModel]):
     def deco(cls):
         if name in ESTIMATORS:
             raise ValueError(f"estimator {name!r} is already registered")
-        doc = (cls.__doc__ or "").strip().splitlines()
-        ESTIMATORS[name] = EstimatorSpec(name, cls, config, doc[0] if doc else "")
+        ESTIMATORS[name] = EstimatorSpec(cls, config)
         return cls
 
     return deco
@@ -122,58 +145,172 @@ def load_plugins(group: str = "depprune.estimators") -> list[str]:
     return loaded
 
 
-def estimator_config(name: str, options: Mapping[str, object] | None = None) -> BaseModel:
-    """The registered estimator ``name``'s config built from ``options``; one-line ValueError naming what is wrong.
+def make_estimator(name: str, **options) -> Estimator:
+    """Build a registered estimator; unknown names and bad options fail with the valid choices.
 
-    >>> estimator_config("l2", {"power": 3})
-    Traceback (most recent call last):
-    ...
-    ValueError: unknown option 'power' for importance 'l2', which takes none
+    ``options`` are checked by :func:`validate_options` (a :class:`~pruners.errors.UsageError`).
     """
     if name not in ESTIMATORS:
-        raise ValueError(f"unknown importance {name!r}; registered: {', '.join(sorted(ESTIMATORS))}")
-    config = ESTIMATORS[name].config
-    options = dict(options or {})
-    valid = sorted(config.model_fields)
-    unknown = [k for k in options if k not in config.model_fields]
-    if unknown:
-        takes = f"valid: {', '.join(valid)}" if valid else "which takes none"
-        raise ValueError(f"unknown option {unknown[0]!r} for importance {name!r}, {takes}")
+        raise UsageError(f"unknown importance {name!r}; registered: {', '.join(sorted(ESTIMATORS))}")
+    spec = ESTIMATORS[name]
+    return spec.factory(spec.config(**validate_options(name, options)))
+
+
+def estimator_name(estimator: Estimator) -> str:
+    """The registered name of ``estimator``'s class (its class name if it was never registered)."""
+    names = [n for n, spec in ESTIMATORS.items() if spec.factory is type(estimator)]
+    return names[0] if names else type(estimator).__name__
+
+
+# -- estimator options ----------------------------------------------------------------------
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """One ``--importance-option KEY=VALUE``: the key and the value, which stays a string.
+
+    The estimator's config coerces the string to its field's type (:func:`validate_options`):
+    ``2.5`` for a float, ``3`` for an int, ``true``/``false`` (or ``yes``/``no``, ``1``/``0``)
+    for a bool, a choice's name for a ``Literal``.  A value that starts with ``[`` or ``{`` is
+    JSON, for a list or mapping field.  Everything after the first ``=`` is the value.
+
+    >>> parse_option("power=2.5")
+    ('power', '2.5')
+    >>> parse_option("layers=[1, 2]")
+    ('layers', [1, 2])
+    >>> parse_option("power")
+    Traceback (most recent call last):
+    ...
+    pruners.errors.UsageError: --importance-option 'power' is not KEY=VALUE, e.g. power=2.5
+    """
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise UsageError(f"--importance-option {text!r} is not KEY=VALUE, e.g. power=2.5")
+    if value[:1] in ("[", "{"):
+        try:
+            return key, json.loads(value)
+        except json.JSONDecodeError as e:
+            raise UsageError(
+                f"--importance-option {key}={reprlib.repr(value)} starts like JSON but does not parse: "
+                f"{e.msg} at column {e.colno}"
+            ) from e
+    return key, value
+
+
+def parse_options(texts: Iterable[str]) -> dict[str, Any]:
+    """Repeated ``--importance-option KEY=VALUE`` strings as one mapping; a key given twice is an error.
+
+    >>> parse_options(["power=2.5", "scale=1"])
+    {'power': '2.5', 'scale': '1'}
+    """
+    out: dict[str, Any] = {}
+    for text in texts:
+        key, value = parse_option(text)
+        if key in out:
+            raise UsageError(f"--importance-option {key} is given twice ({reprlib.repr(out[key])} and {reprlib.repr(value)})")
+        out[key] = value
+    return out
+
+
+def validate_options(importance: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` checked against the config of the registered estimator ``importance``.
+
+    Returns the given keys with their values as the config holds them (``"2.5"`` becomes
+    ``2.5``), ready for ``make_estimator(importance, **options)``.  Values may be strings from
+    the command line (see :func:`parse_option`); a boolean is accepted only by a field that
+    takes booleans (a run file's ``power: true`` is a mistake, not ``1.0``).  Raises a one-line
+    :class:`~pruners.errors.UsageError` for an unknown key (listing the valid ones), a bad or
+    missing value (naming the key, the value and the expected type), or any option for an
+    estimator that takes none.
+
+    >>> validate_options("l2", {})
+    {}
+    >>> validate_options("l2", {"power": "2"})
+    Traceback (most recent call last):
+    ...
+    pruners.errors.UsageError: importance 'l2' takes no options; got 'power'
+    """
+    spec = ESTIMATORS[importance]
+    fields = spec.config.model_fields
+    if not isinstance(options, Mapping):
+        raise UsageError(f"importance_options {reprlib.repr(options)} must be a mapping of option names to values, e.g. {{power: 2.5}}")
+    if options and not fields:
+        raise UsageError(f"importance {importance!r} takes no options; got {', '.join(repr(k) for k in options)}")
+    for key, value in options.items():
+        if key not in fields:
+            valid = ", ".join(f"{k} ({f.description})" if f.description else k for k, f in fields.items())
+            raise UsageError(f"unknown option {key!r} for importance {importance!r}; valid: {valid}")
+        if isinstance(value, bool) and not _takes_bool(fields[key].annotation):
+            raise UsageError(_bad_value(importance, key, value, fields[key].annotation, "a boolean is not one"))
     try:
-        return config.model_validate(options)
+        config = spec.config.model_validate(dict(options))
     except ValidationError as e:
         err = e.errors()[0]
-        key = ".".join(str(x) for x in err["loc"]) or "options"
-        raise ValueError(f"importance {name!r} option {key}={err.get('input')!r}: {err['msg']}") from None
+        key = err["loc"][0] if err["loc"] else None
+        if key not in fields:  # a check across fields of the config
+            raise UsageError(f"importance {importance!r} options {reprlib.repr(dict(options))}: {err['msg']}") from e
+        if err["type"] == "missing":
+            raise UsageError(
+                f"importance {importance!r} needs option {key!r} ({fields[key].description or _type_name(fields[key].annotation)}); "
+                f"pass --importance-option {key}=VALUE"
+            ) from e
+        raise UsageError(_bad_value(importance, key, options[key], fields[key].annotation, err["msg"])) from e
+    return config.model_dump(include=set(options))
 
 
-def make_estimator(name: str, **options) -> Estimator:
-    """Build a registered estimator; unknown names and bad options fail with the valid choices."""
-    config = estimator_config(name, options)
-    return ESTIMATORS[name].factory(config)
+def _bad_value(importance: str, key: str, value: Any, annotation: Any, why: str) -> str:
+    return f"option {key}={reprlib.repr(value)} for importance {importance!r}: expected {_type_name(annotation)} ({why[:1].lower()}{why[1:]})"
 
 
-def aggregate(name: str, scores: torch.Tensor) -> torch.Tensor:
+def _type_name(annotation: Any) -> str:
+    """``float``, ``int | None``, ``Literal['a', 'b']``: a field's type as a user reads it."""
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
+def _takes_bool(annotation: Any) -> bool:
+    """Does a field of this type accept a boolean as one (``bool``, ``bool | None``, ``Any``)?"""
+    if annotation is bool or annotation is Any:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_takes_bool(a) for a in typing.get_args(annotation))
+    if typing.get_origin(annotation) is typing.Literal:
+        return any(isinstance(a, bool) for a in typing.get_args(annotation))
+    return False
+
+
+# -- aggregation ----------------------------------------------------------------------------
+
+
+def aggregate(name: str, scores: torch.Tensor, group: str | None = None, importance: str | None = None) -> torch.Tensor:
     """Reduce member rows ``(n_members, n_units)`` to ``(n_units,)`` with the registered ``name``.
 
-    Unscored (all-NaN) rows are left out; with none scored, every unit scores zero.
+    Unscored (all-NaN) rows are left out.  A group with no scored row at all is a
+    :class:`~pruners.errors.UsageError` naming ``group`` and ``importance``: a plan from no
+    scores would be decided by unit index, not importance.
 
     >>> nan = float("nan")
     >>> aggregate("prod", torch.tensor([[nan, nan], [2.0, 3.0], [4.0, 1.0]], dtype=torch.float64))
     tensor([8., 3.], dtype=torch.float64)
+    >>> aggregate("sum", torch.full((2, 3), nan), group="mlp_channel@0", importance="wanda-sp")
+    Traceback (most recent call last):
+    ...
+    pruners.errors.UsageError: importance 'wanda-sp' scores none of the 2 members of group mlp_channel@0 (it does not apply to them, or has no calibration signals for them); choose another --importance for this kind, e.g. l2
     """
     if name not in AGGREGATIONS:
         raise KeyError(f"unknown aggregation {name!r}; registered: {', '.join(sorted(AGGREGATIONS))}")
     scored = scores[~torch.isnan(scores).all(dim=1)]
     if not len(scored):
-        return torch.zeros(scores.shape[1], dtype=scores.dtype)
+        who = f"importance {importance!r}" if importance else "the estimator"
+        raise UsageError(
+            f"{who} scores none of the {scores.shape[0]} members of group {group or '(unnamed)'} (it does not apply to them, "
+            "or has no calibration signals for them); choose another --importance for this kind, e.g. l2"
+        )
     return AGGREGATIONS[name](scored)
 
 
 def member_reduce(group: Group, ctx: ScoringContext, elementwise: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Sum ``elementwise(W)`` over each unit's slice of each member: ``(n_members, n_units)``.
 
-    A member without weights in ``ctx`` (a buffer, a meta tensor) is not scored: a NaN row.
+    Every member is scored; one without weights is an error (see :meth:`ScoringContext.weight`).
     """
     return unit_sums(group, ctx, lambda name, axis, w: elementwise(w))
 
@@ -188,8 +325,10 @@ def unit_sums(
 
     ``W`` is passed in at least fp32 (fp32 and fp64 weights as they are, without a copy;
     half-precision ones upcast to fp32).  ``values`` returns a tensor shaped like ``W`` in
-    that precision, or ``None`` when the member has no score (e.g. no calibration statistics
-    for it): that row is NaN, and aggregation leaves it out.  The sums are taken in fp64.
+    that precision, or ``None`` when the estimator does not apply to the member (e.g. an
+    activation criterion and a member whose pruned axis is not an input axis): that row is
+    NaN, and aggregation leaves it out.  The sums are taken in fp64.  A member without
+    weights (not in the model, or on the meta device) raises, naming it.
 
     Memory: a member costs ``values``' own temporaries (about one weight-sized tensor when
     it works in place) plus fp64 partial sums over slices of at most ``_SUM_CHUNK`` elements,
@@ -197,12 +336,9 @@ def unit_sums(
     """
     rows = []
     for m in group.members:
-        w = ctx.params.get(m.param)
+        w = ctx.weight(group, m)
         row = torch.full((group.n_units,), torch.nan, dtype=torch.float64)
-        vals = None
-        if w is not None and w.device.type != "meta":
-            w = w.detach()
-            vals = values(m.param, m.axis, w if w.dtype in (torch.float32, torch.float64) else w.float())
+        vals = values(m.param, m.axis, w if w.dtype in (torch.float32, torch.float64) else w.float())
         if vals is not None:
             row.zero_()
             per_pos = _sum_except(vals, m.axis)  # (axis size,) fp64
@@ -258,4 +394,4 @@ def _last(s: torch.Tensor) -> torch.Tensor:
 
 def unit_scores(group: Group, estimator: Estimator, ctx: ScoringContext, aggregation: str = "sum") -> np.ndarray:
     """One score per unit of ``group``: ``aggregation`` over the members the estimator scored."""
-    return aggregate(aggregation, estimator.score(group, ctx)).numpy()
+    return aggregate(aggregation, estimator.score(group, ctx), group.id, estimator_name(estimator)).numpy()

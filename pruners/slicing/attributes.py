@@ -13,11 +13,16 @@ Two mechanisms:
        def _fused_qkv(module):
            module.q_size = module.weight.shape[0] // 3
 
+   An adapter runs, after slicing, on every module of its class (or a subclass) that holds a
+   sliced tensor anywhere below it -- the tensor's owner or any module above it --, deepest
+   modules first, so it may read its children's updated sizes.
+
 2. **Inferred attributes** -- any other ``int`` attribute of a module (or field of its
    ``config``) whose value equals the old size of a pruned structure in the module's
    parameters (heads, KV heads, a fused segment, the hidden size) is a candidate.  An
-   attribute whose value differs between layers (``layer_idx``) never is.  Choices are made
-   per attribute name across layers; only modules that own a sliced parameter, or whose direct
+   attribute whose value differs between layers (``layer_idx``) never is, and neither is one
+   an adapter set (it changed the value, or names it in ``owns``).  Choices are made per
+   attribute name across layers; only modules that own a sliced parameter, or whose direct
    children do, are considered.  The pruned model is then **re-traced**: its layouts must
    equal the expected ones, or the next choice is tried.  Nothing unverified is returned.
 """
@@ -29,6 +34,7 @@ import itertools
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -36,7 +42,17 @@ from depgraph.layout import Cat, Factor, Prod, resolve
 from depgraph.tracer import Trace, meta_copy, trace
 
 ShapeAdapter = Callable[[nn.Module], None]
-SHAPE_ADAPTERS: dict[str, ShapeAdapter] = {}
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """A registered shape adapter and the attributes it answers for even when it keeps their value."""
+
+    fn: ShapeAdapter
+    owns: frozenset[str] = frozenset()
+
+
+SHAPE_ADAPTERS: dict[str, AdapterSpec] = {}
 
 
 class AttributeInferenceError(RuntimeError):
@@ -47,55 +63,76 @@ def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def register_shape_adapter(cls: type | str) -> Callable[[ShapeAdapter], ShapeAdapter]:
-    """Register ``fn(module)`` that updates size attributes of modules of class ``cls`` from their weights."""
+def register_shape_adapter(cls: type | str, owns: Iterable[str] = ()) -> Callable[[ShapeAdapter], ShapeAdapter]:
+    """Register ``fn(module)`` that updates size attributes of modules of class ``cls`` (a class or
+    its qualified name) from their sliced weights.
+
+    It runs on every module of that class or a subclass with a sliced tensor anywhere below it.
+    Inference leaves alone the attributes it changes, and those named in ``owns`` (ones it may
+    keep as they are); the module's other attributes are still inferred.
+    """
     key = cls if isinstance(cls, str) else _qualname(cls)
 
     def deco(fn: ShapeAdapter) -> ShapeAdapter:
-        SHAPE_ADAPTERS[key] = fn
+        SHAPE_ADAPTERS[key] = AdapterSpec(fn, frozenset(owns))
         return fn
 
     return deco
 
 
-def shape_adapter_for(module: nn.Module) -> ShapeAdapter | None:
+def shape_adapter_for(module: nn.Module) -> AdapterSpec | None:
+    """The adapter registered for the nearest class in ``module``'s MRO, if any."""
     for cls in type(module).__mro__:
-        fn = SHAPE_ADAPTERS.get(_qualname(cls))
-        if fn is not None:
-            return fn
+        spec = SHAPE_ADAPTERS.get(_qualname(cls))
+        if spec is not None:
+            return spec
     return None
 
 
-@register_shape_adapter(nn.Linear)
+@register_shape_adapter(nn.Linear, owns=("out_features", "in_features"))
 def _linear(m: nn.Linear) -> None:
     m.out_features, m.in_features = m.weight.shape
 
 
-@register_shape_adapter(nn.Embedding)
+@register_shape_adapter(nn.Embedding, owns=("num_embeddings", "embedding_dim", "padding_idx"))  # padding_idx: a token id
 def _embedding(m: nn.Embedding) -> None:
     m.num_embeddings, m.embedding_dim = m.weight.shape
 
 
-@register_shape_adapter(nn.LayerNorm)
+@register_shape_adapter(nn.LayerNorm, owns=("normalized_shape",))
 def _layer_norm(m: nn.LayerNorm) -> None:
     ref = m.weight if m.weight is not None else m.bias
     if ref is not None:
         m.normalized_shape = tuple(ref.shape)
 
 
-@register_shape_adapter("transformers.pytorch_utils.Conv1D")
+@register_shape_adapter("transformers.pytorch_utils.Conv1D", owns=("nx", "nf"))
 def _conv1d(m: nn.Module) -> None:
     m.nx, m.nf = m.weight.shape
 
 
-def apply_shape_adapters(model: nn.Module, touched: Iterable[str]) -> None:
-    """Run the shape adapter of every module owning a sliced parameter."""
-    owners = {name.rpartition(".")[0] for name in touched}
-    for path in sorted(owners):
+def apply_shape_adapters(model: nn.Module, touched: Iterable[str]) -> set[tuple[str, str]]:
+    """Run the shape adapter of every module holding a sliced tensor: its owner or any module above it.
+
+    Deepest modules first (``a.b.qkv`` before ``a.b``), so an adapter reads its children's new
+    sizes.  Returns the ``(module path, attribute)`` pairs the adapters set -- changed, or
+    named in ``owns`` --, which :func:`infer_attributes` leaves alone.
+    """
+    holders: set[str] = set()
+    for name in touched:
+        parts = name.split(".")[:-1]
+        holders.update(".".join(parts[:i]) for i in range(len(parts) + 1))  # "" is the model itself
+    fixed: set[tuple[str, str]] = set()
+    for path in sorted(holders, key=lambda p: (-(p.count(".") + bool(p)), p)):
         mod = model.get_submodule(path) if path else model
-        fn = shape_adapter_for(mod)
-        if fn is not None:
-            fn(mod)
+        spec = shape_adapter_for(mod)
+        if spec is None:
+            continue
+        before = _int_attrs(mod)
+        spec.fn(mod)
+        after = _int_attrs(mod)
+        fixed |= {(path, a) for a in spec.owns | {a for a in before.keys() | after.keys() if before.get(a) != after.get(a)}}
+    return fixed
 
 
 # -- expected layouts -------------------------------------------------------------------------
@@ -198,14 +235,17 @@ def _int_attrs(mod: nn.Module) -> dict[str, int]:
     return out
 
 
-def candidates(model: nn.Module, tr: Trace, new_size: Mapping[Factor, int]) -> dict[tuple[str, str], dict[str, tuple[int, set[int], bool]]]:
-    """(relative module key, attribute) -> {module path: (value, changed new values, could stay)}."""
+def candidates(
+    model: nn.Module, tr: Trace, new_size: Mapping[Factor, int], fixed: frozenset[tuple[str, str]] = frozenset()
+) -> dict[tuple[str, str], dict[str, tuple[int, set[int], bool]]]:
+    """(relative module key, attribute) -> {module path: (value, changed new values, could stay)}.
+
+    ``(module path, attribute)`` pairs in ``fixed`` (set by a shape adapter) are no candidates.
+    """
     per_param = {name: set().union(*(quantities(t, new_size) for t in info.axes)) for name, info in tr.params.items()}
     found: dict[tuple[str, str], dict[str, tuple[int, set[int], bool]]] = {}
     values: dict[tuple[str, str], set[int]] = {}
     for path, mod in model.named_modules():
-        if shape_adapter_for(mod) is not None:
-            continue
         # only modules that own the parameters or their direct children: the root's
         # ``config.eos_token_id == 2`` must never follow a pruned size that happens to be 2
         qs = set().union(set(), *(q for n, q in per_param.items() if _near(path, n)))
@@ -213,6 +253,8 @@ def candidates(model: nn.Module, tr: Trace, new_size: Mapping[Factor, int]) -> d
         if not changed:
             continue
         for attr, v in _int_attrs(mod).items():
+            if (path, attr) in fixed:
+                continue
             values.setdefault((_relkey(path), attr), set()).add(v)
             news = {n for o, n in changed if o == v}
             if news:
@@ -244,14 +286,17 @@ def infer_attributes(
     model: nn.Module,
     tr: Trace,
     new_size: Mapping[Factor, int],
+    fixed: Iterable[tuple[str, str]] = (),
     max_attempts: int = 24,
 ) -> list[tuple[str, str, int]]:
     """Update size attributes of the (sliced) ``model`` in place; return ``(path, attr, value)`` changes.
 
-    Raises :class:`AttributeInferenceError` if no tried assignment re-traces to the expected layouts.
+    ``fixed`` are the ``(module path, attribute)`` pairs the shape adapters set
+    (:func:`apply_shape_adapters`): never changed here.  Raises :class:`AttributeInferenceError`
+    if no tried assignment re-traces to the expected layouts.
     """
     expected = {name: tuple(signature(t, new_size) for t in info.axes) for name, info in tr.params.items()}
-    cands = candidates(model, tr, new_size)
+    cands = candidates(model, tr, new_size, frozenset(fixed))
     keys = sorted(cands)
     # default: change when the value matches only changed structures, keep when it is ambiguous
     # config fields start unchanged (a shared config holds token ids and the like); they are flipped only if needed

@@ -158,10 +158,10 @@ def execute(model: nn.Module, trace, groups: Sequence[Group], keep: Mapping[str,
     positions = kept_positions(groups, kept)
     pruned = copy_model(model)
     shapes = slice_tensors(pruned, positions, trace.aliases)
-    apply_shape_adapters(pruned, [alias for n in shapes for alias in trace.aliases.get(n, [n])])
+    fixed = apply_shape_adapters(pruned, [alias for n in shapes for alias in trace.aliases.get(n, [n])])
     factor_by_key = {term_key(f): f for info in trace.params.values() for t in info.axes for f in _factors(t)}
     new_size = new_factor_sizes(groups, kept, factor_by_key)
-    attrs = infer_attributes(pruned, trace, new_size)
+    attrs = infer_attributes(pruned, trace, new_size, fixed)
     record = PruneRecord(
         shapes=shapes,
         attributes=attrs,

@@ -142,7 +142,7 @@ def run_all(s: Setup) -> list[dict]:
         for seed in seeds:
             member = member_scores(s, name, seed)
             for agg in aggs:
-                scores = {gid: aggregate(agg, m).numpy() for gid, m in member.items()}
+                scores = {gid: aggregate(agg, m, gid, name).numpy() for gid, m in member.items()}
                 for ratio, cfg in plan_cfgs.items():
                     plan = make_plan(s.groups, scores, cfg, s.params)
                     pruned, _ = execute(s.model, s.trace, s.groups, plan.keep)

@@ -154,6 +154,36 @@ def test_run_file_importance_options(power, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
 
 
+def test_importance_option_flags(power, tmp_path, capsys):
+    from pruners.cli import main
+
+    def prune_json(*flags: str, out: str):
+        code = main(["prune", "--model", str(STORIES), "--ratio", "0.1", "--out", str(tmp_path / out), "--json", "--quiet", *flags])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    code, out, err = prune_json("--importance", "power", "--importance-option", "power=1.5", out="flag")
+    assert code == 0, err
+    assert json.loads(out)["importance_options"] == {"power": 1.5}
+    saved = json.loads((tmp_path / "flag" / "config.json").read_text())["depprune"]["run"]["config"]
+    assert saved["importance_options"] == {"power": 1.5}
+    # the flag overrides the run file key by key
+    (tmp_path / "run.yaml").write_text(f"importance: power\nimportance_options: {{power: 2.5}}\n")
+    code, out, err = prune_json("--config", str(tmp_path / "run.yaml"), "--importance-option", "power=4", out="over")
+    assert code == 0 and json.loads(out)["importance_options"] == {"power": 4.0}, err
+    # another --importance drops the file's options (they were written for its estimator)
+    code, out, err = prune_json("--config", str(tmp_path / "run.yaml"), "--importance", "l1", out="other")
+    assert code == 0 and json.loads(out)["importance_options"] == {}, err
+    for flags, message in (
+        (("--importance", "power", "--importance-option", "powr=2"), "unknown option 'powr' for importance 'power'; valid: power"),
+        (("--importance", "power", "--importance-option", "power"), "'power' is not KEY=VALUE, e.g. power=2.5"),
+        (("--importance-option", "power=2"), "importance 'l2' takes no options; got 'power'"),
+    ):
+        code, _, err = prune_json(*flags, out="bad")
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "bad").exists()
+
+
 class ManyConfig(BaseModel):
     scale: float = Field(1.0, description="factor")
     steps: int = Field(..., description="how many")

@@ -47,6 +47,11 @@ def add_arguments(pr: argparse.ArgumentParser) -> None:
         "are the kinds pruned. Replaces a --config file's ratio and kind_ratios (and its kinds, unless --kinds is given)",
     )
     pr.add_argument("--importance", help=f"importance estimator: {', '.join(sorted(ESTIMATORS))} (default l2)")
+    pr.add_argument(
+        "--importance-option", action="append", metavar="KEY=VALUE",
+        help="an option of the importance estimator, e.g. power=2.5 (repeatable); the value is read as the option's "
+        "type, [..] and {..} as JSON; overrides the run file's importance_options key by key",
+    )
     pr.add_argument("--aggregation", help=f"group aggregation: {', '.join(sorted(AGGREGATIONS))} (default sum)")
     pr.add_argument(
         "--kinds", nargs="+",
@@ -149,6 +154,7 @@ def run_config(args):
         except (FileNotFoundError, ValueError) as e:
             raise UsageError(f"--config: {e}") from e
     _target_from_command_line(args, data)
+    _options_from_command_line(args, data)
     for flag, path in FLAG_KEYS.items():
         value = getattr(args, flag)
         if value is None:
@@ -181,6 +187,25 @@ def run_config(args):
             ) from e
         flag = "--" + "-".join(keys).replace("_", "-")
         raise UsageError(f"{flag} {short_repr(err.get('input'))}: {err['msg']}") from e
+
+
+def _options_from_command_line(args, data: dict) -> None:
+    """``--importance-option KEY=VALUE`` overrides the file's ``importance_options`` key by key.
+
+    A file's options belong to the file's estimator: when ``--importance`` names another one and
+    no option is given, they are dropped rather than checked against an estimator they were not
+    written for.
+    """
+    from ..importance import parse_options
+
+    options = data.get("importance_options")
+    if args.importance is not None and args.importance != data.get("importance", "l2") and not args.importance_option:
+        data.pop("importance_options", None)
+        return
+    if args.importance_option:
+        if options is not None and not isinstance(options, dict):
+            raise UsageError(f"importance_options {short_repr(options)} in --config must be a mapping, e.g. {{power: 2.5}}")
+        data["importance_options"] = {**(options or {}), **parse_options(args.importance_option)}
 
 
 def _target_from_command_line(args, data: dict) -> None:
@@ -236,7 +261,12 @@ def _validate_prune(data: dict) -> None:
         raise UsageError(f"{data['model']!r} has a config but no weights to prune")
     from ..importance import make_estimator, needs_of
 
-    needs = needs_of(make_estimator(importance))
+    from ..importance import validate_options
+
+    options = data.get("importance_options") or {}
+    if not isinstance(options, dict):
+        raise UsageError(f"importance_options {short_repr(options)} must be a mapping of the estimator's options, e.g. {{power: 2.5}}")
+    needs = needs_of(make_estimator(importance, **validate_options(importance, options)))
     source = (data.get("calibration") or {}).get("source")
     if needs and not source:
         raise UsageError(
@@ -279,7 +309,7 @@ def _prune_into(out, cfg, args) -> dict:
     trust = args.trust_remote_code
     with out:
         skeleton = load_model(cfg.model, weights=False, trust_remote_code=trust)  # structure only, on meta
-        needs_data = bool(needs_of(make_estimator(cfg.importance)))
+        needs_data = bool(needs_of(make_estimator(cfg.importance, **cfg.importance_options)))
         if needs_data:
             check_context(cfg, skeleton)
         vocab = skeleton.get_input_embeddings().num_embeddings
@@ -310,6 +340,7 @@ def _prune_report(cfg, result) -> dict:
         "model": cfg.model,
         "out": cfg.out,
         "importance": cfg.importance,
+        "importance_options": cfg.importance_options,
         "aggregation": cfg.aggregation,
         "kinds": list(cfg.kinds),
         "strategy": cfg.strategy,

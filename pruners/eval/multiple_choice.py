@@ -163,7 +163,8 @@ def check_limit(limit: int | None) -> None:
 def zero_shot(model: nn.Module, tokenizer, items: list[Choice], limit: int | None = None, progress: bool = True) -> dict[str, float]:
     """``{"acc": ..., "acc_norm": ..., "n": ...}`` over the first ``limit`` items (None: all of them).
 
-    A ``limit`` below 1 or no items is a UsageError; an item whose label is not the index of one
+    The model runs where it is, in its own dtype; log-likelihoods come from float32 logits.  A
+    ``limit`` below 1 or no items is a UsageError; an item whose label is not the index of one
     of its continuations is an InputFileError.  Both are raised before the model is run.
     """
     check_limit(limit)

@@ -59,7 +59,8 @@ def perplexity(
     """Token-level perplexity: each document gets a BOS and is scored in windows of ``seq_len``.
 
     A file without ``<|endoftext|>`` markers is one document (WikiText-2, PTB: the usual
-    stream evaluation in non-overlapping windows).  Full windows are batched.  Bad numbers
+    stream evaluation in non-overlapping windows).  Full windows are batched.  The model runs
+    where it is, in its own dtype; the loss is taken from float32 logits.  Bad numbers
     (``seq_len`` < 1, ``max_tokens`` < 1) are UsageError, a bad file InputFileError, both before any work.
     """
     check_numbers(seq_len, max_tokens)

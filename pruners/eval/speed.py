@@ -12,8 +12,9 @@ from torch import nn
 def generation_speed(model: nn.Module, prompt_len: int = 64, gen_len: int = 64, repeats: int = 3, seed: int = 0) -> dict[str, float]:
     """Greedy generation of ``gen_len`` tokens after a random ``prompt_len`` prompt (KV cache on).
 
-    Returns the median tokens/s over ``repeats`` runs after one warm-up, the parameter
-    memory, and peak memory: CUDA's max allocated on a GPU, the process's peak RSS on CPU.  A
+    The model runs where it is, in its own dtype.  Returns the median tokens/s over ``repeats``
+    runs after one warm-up, the parameter memory (in the model's dtype), and peak memory: CUDA's
+    max allocated on the model's GPU, the process's peak RSS on CPU.  A
     model whose context is shorter than ``prompt_len + gen_len`` gets half of it for each; the
     report says which lengths were used.
     """
@@ -29,19 +30,19 @@ def generation_speed(model: nn.Module, prompt_len: int = 64, gen_len: int = 64, 
     with torch.no_grad():
         model.generate(prompt, **kwargs)  # warm-up
         if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
             model.generate(prompt, **kwargs)
             if device.type == "cuda":
-                torch.cuda.synchronize()
+                torch.cuda.synchronize(device)
             times.append(time.perf_counter() - start)
     times.sort()
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated()
+        peak = torch.cuda.max_memory_allocated(device)
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {

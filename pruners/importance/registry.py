@@ -341,7 +341,7 @@ def unit_sums(
         vals = values(m.param, m.axis, w if w.dtype in (torch.float32, torch.float64) else w.float())
         if vals is not None:
             row.zero_()
-            per_pos = _sum_except(vals, m.axis)  # (axis size,) fp64
+            per_pos = _sum_except(vals, m.axis).to(row.device)  # (axis size,) fp64, from the weight's device to the scores'
             del vals
             unit_of = torch.as_tensor(m.unit_of)
             sel = unit_of >= 0

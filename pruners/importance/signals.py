@@ -1,12 +1,14 @@
 """Calibration signals for estimators: gradients, diagonal Fisher, input-activation statistics.
 
-Gradients are accumulated **sample by sample**: only one sample's activations are alive at a
-time, and the first-order estimators need nothing beyond the parameters' own ``.grad``
-(weights + gradients + one batch of activations).  The diagonal Fisher needs each sample's
-own gradient, so it keeps one extra buffer per parameter -- never one per sample: each
-parameter's gradient is folded into the Fisher (and, if asked for, the mean gradient) by a
-post-accumulate-grad hook as soon as backward has produced it, and dropped, so a full set of
-per-sample gradients never exists (weights + Fisher + one batch of activations).
+Gradients are taken **sample by sample**: only one sample's activations are alive at a time.
+Each parameter's per-sample gradient is folded into float32 sums (of the gradient, and of its
+square for the diagonal Fisher) by a post-accumulate-grad hook as soon as backward has produced
+it, and dropped, so a full set of per-sample gradients never exists (weights + one float32
+buffer per signal + one sample's gradients and activations).  Whatever the model's dtype
+(bf16, fp16), every accumulator -- gradient, Fisher, activation sums -- is float32, on the
+model's device; the loss is computed in float32 from the logits, and each sample's loss is
+back-propagated unscaled (the mean over samples is taken in float32 afterwards), so that
+half-precision gradients are not shrunk towards underflow by ``1 / n_samples``.
 """
 
 from __future__ import annotations
@@ -104,9 +106,9 @@ def collect_signals(
     wants_grad = bool(needs & {"grad", "fisher"})
     if wants_grad and not wanted:
         raise ValueError("gradient signals were asked for, but none of the given params is a parameter of the model")
-    if "fisher" in needs:
+    if wants_grad:
         for n in wanted:
-            hooks.append(all_params[n].register_post_accumulate_grad_hook(_fisher_hook(sig, n, len(samples), "grad" in needs)))
+            hooks.append(all_params[n].register_post_accumulate_grad_hook(_gradient_hook(sig, n, needs)))
     was_training = model.training
     model.eval()
     saved = {n: p.requires_grad for n, p in all_params.items()}
@@ -120,10 +122,10 @@ def collect_signals(
                 with torch.no_grad():
                     model(ids)
                 continue
-            loss = _causal_lm_loss(model, ids) / len(samples)  # mean over samples
-            loss.backward()  # with "fisher", the hooks have folded in and cleared every .grad
-        if wants_grad and "fisher" not in needs:
-            sig.grad = {n: p.grad.detach().float() for n, p in all_params.items() if p.grad is not None}
+            _causal_lm_loss(model, ids).backward()  # the hooks fold in and clear every .grad
+        for acc in (sig.grad, sig.fisher):  # sums over samples -> means
+            for g in acc.values():
+                g.div_(len(samples))
     finally:
         for h in hooks:
             h.remove()
@@ -131,27 +133,26 @@ def collect_signals(
             p.grad = None
             p.requires_grad_(saved[n])
         model.train(was_training)
-    if "grad" not in needs:
-        sig.grad = {}
     return sig
 
 
-def _fisher_hook(sig: Signals, name: str, n_samples: int, keep_grad: bool):
-    """Post-accumulate-grad hook: fold this sample's gradient of ``name`` into the Fisher
-    (and the mean gradient when ``keep_grad``), then clear ``.grad``."""
+def _gradient_hook(sig: Signals, name: str, needs: set[str]):
+    """Post-accumulate-grad hook: add this sample's gradient of ``name`` (in float32) to the
+    gradient sum when ``"grad"`` is needed and its square to the Fisher sum when ``"fisher"``
+    is, then clear ``.grad``."""
 
     def hook(p: torch.Tensor):
-        g = p.grad.detach().float()  # this sample's gradient / n_samples (the loss is a mean over samples)
-        # per-sample gradient s = n_samples * g: Fisher = mean of s^2 = sum of n_samples * g^2; mean gradient = sum of g
-        if name in sig.fisher:
-            sig.fisher[name].addcmul_(g, g, value=n_samples)
-        else:
-            sig.fisher[name] = torch.mul(g, g).mul_(n_samples)
-        if keep_grad:
+        g = p.grad.detach().float()  # this sample's gradient, (p.shape) float32
+        if "fisher" in needs:
+            if name in sig.fisher:
+                sig.fisher[name].addcmul_(g, g)
+            else:
+                sig.fisher[name] = torch.mul(g, g)
+        if "grad" in needs:
             if name in sig.grad:
                 sig.grad[name].add_(g)
             else:
-                sig.grad[name] = g.clone()
+                sig.grad[name] = g if g is not p.grad else g.clone()  # .float() of a float32 grad is the grad itself
         p.grad = None
 
     return hook

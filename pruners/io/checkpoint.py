@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from torch import nn
 
 from ..errors import ModelSourceError
 from ..slicing.executor import PruneRecord, owner_and_attr
+from .device import dtype_name, resolve_device, resolve_dtype
 from .model_files import (
     check_config,
     check_config_dict,
@@ -112,18 +114,26 @@ def _read_config(path: Path) -> dict:
 
 def load_model(
     path: str | os.PathLike,
-    device: str = "cpu",
+    device: str | torch.device | None = "cpu",
     weights: bool = True,
     attn_implementation: str | None = None,
     *,
+    dtype: str | torch.dtype | None = None,
     trust_remote_code: bool = False,
     allow_nonfinite: bool = False,
 ) -> nn.Module:
-    """Load a causal LM from a directory (plain HF or depprune output) in fp32, in eval mode.
+    """Load a causal LM from a directory (plain HF or depprune output) onto ``device``, in eval mode.
+
+    ``device`` is a ``torch.device`` or a ``--device`` name (``"cpu"``, ``"cuda"``, ``"cuda:1"``;
+    ``None``: CUDA when available), ``dtype`` a ``torch.dtype`` or a ``--dtype`` name (``None``:
+    the checkpoint's ``config.json`` dtype, float32 when it names none); see :mod:`pruners.io.device`.
+    The weights go straight from the safetensors files to ``device`` in ``dtype``, tensor by
+    tensor: no full-size copy in another precision or on another device is made on the way.
 
     With ``weights=False`` or a directory holding only ``config.json``, the model is built on
-    the meta device: nothing is allocated, so any size can be inspected.  ``attn_implementation``
-    (``"eager"``, ``"sdpa"``) is passed to transformers, which does not store it in the config.
+    the meta device (in ``dtype``): nothing is allocated, so any size can be inspected.
+    ``attn_implementation`` (``"eager"``, ``"sdpa"``) is passed to transformers, which does not
+    store it in the config.
 
     Python code shipped with the model (``auto_map``, a model type transformers does not know) is
     imported only with ``trust_remote_code=True``; weights are read from safetensors only (never
@@ -133,20 +143,22 @@ def load_model(
     Everything else wrong with the directory is a one-line :class:`~pruners.errors.ModelSourceError`.
     """
     trust = bool(trust_remote_code)
+    device = device if isinstance(device, torch.device) else resolve_device(device)
     p = check_model_dir(path, weights, trust)
     raw = _read_config(p)
     where = p / "config.json"
     reason = custom_code(raw, str(where))
     if reason and not trust:
         raise ModelSourceError(reason)
+    dtype = resolve_dtype(dtype_name(dtype) if isinstance(dtype, torch.dtype) else dtype, checkpoint_dtype(raw))
     tensors = check_weights(p) if weights else {}  # refuses pickle-only and corrupt weights
     load_weights = weights and has_weights(p)  # a valid file without tensors still fails below
-    config = _hf_config(p, trust)
+    config = read_hf_config(p, trust)
     attn = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if "depprune" in raw or not load_weights:
-        # weights come later: build on meta, or on the device when non-persistent buffers
-        # (rotary inv_freq) must be computed for real
-        model = _build(config, where, device if load_weights else "meta", trust, attn)
+        # parameters on meta (the weights come later); non-persistent buffers (rotary inv_freq)
+        # computed for real on the device when weights follow
+        model = build_for_weights(config, where, device if load_weights else torch.device("meta"), dtype, trust, attn)
         if "depprune" in raw:
             try:
                 apply_record(model, raw["depprune"])
@@ -157,7 +169,7 @@ def load_model(
         if load_weights:
             _load_state(model, p, device, tensors)
     else:
-        model = _from_pretrained(p, trust, attn).to(device)
+        model = _from_pretrained(p, device, dtype, trust, attn)
     if load_weights:
         check_stored_parameters(model, tensors, p)
         if not allow_nonfinite:
@@ -167,14 +179,16 @@ def load_model(
 
 def load_pruned(
     path: str | os.PathLike,
-    device: str = "cpu",
+    device: str | torch.device | None = "cpu",
     *,
+    dtype: str | torch.dtype | None = None,
     trust_remote_code: bool = False,
     allow_nonfinite: bool = False,
 ) -> tuple[nn.Module, PruneRecord]:
     """A model depprune saved, and the record of what was pruned (:class:`~pruners.slicing.executor.PruneRecord`).
 
-    The model is loaded as :func:`load_model` does; a directory without a ``depprune`` section
+    The model is loaded as :func:`load_model` does (onto ``device``, in ``dtype``: by default the
+    dtype it was saved in); a directory without a ``depprune`` section
     in its ``config.json`` (not written by depprune) is a :class:`~pruners.errors.ModelSourceError`.
     """
     p = check_model_dir(path, True, bool(trust_remote_code))
@@ -183,7 +197,7 @@ def load_pruned(
         raise ModelSourceError(
             f"{p / 'config.json'} has no depprune record: {str(path)!r} was not written by depprune; load it with load_model"
         )
-    model = load_model(p, device, trust_remote_code=trust_remote_code, allow_nonfinite=allow_nonfinite)
+    model = load_model(p, device, dtype=dtype, trust_remote_code=trust_remote_code, allow_nonfinite=allow_nonfinite)
     try:
         record = PruneRecord.from_dict(section["record"])
     except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -191,7 +205,7 @@ def load_pruned(
     return model, record
 
 
-def _hf_config(p: Path, trust: bool):
+def read_hf_config(p: Path, trust: bool):
     """transformers' config object for ``p``, any failure as one line."""
     from transformers import AutoConfig
 
@@ -204,12 +218,27 @@ def _hf_config(p: Path, trust: bool):
     return config
 
 
-def _build(config, where: Path, device: str, trust: bool, attn: dict) -> nn.Module:
+def checkpoint_dtype(raw: dict) -> str | None:
+    """The dtype a parsed ``config.json`` names (``dtype``, or the older ``torch_dtype``), or None.
+
+    >>> checkpoint_dtype({"torch_dtype": "bfloat16"}), checkpoint_dtype({})
+    ('bfloat16', None)
+    """
+    return raw.get("dtype", raw.get("torch_dtype"))
+
+
+def build_for_weights(config, where: Path, device: torch.device, dtype: torch.dtype, trust: bool, attn: dict) -> nn.Module:
+    """The architecture of ``config`` in ``dtype``, its parameters on meta (nothing allocated, no
+    random init), its buffers computed on ``device``."""
+    from accelerate import init_empty_weights  # a dependency of peft
     from transformers import AutoModelForCausalLM
 
+    params_on_meta = nullcontext() if device.type == "meta" else init_empty_weights(include_buffers=False)
     try:
-        with torch.device(device):
-            return AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust, **attn)
+        with torch.device(device), params_on_meta:
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust, **attn)
+        model.tie_weights()  # init_empty_weights wraps each parameter anew, which unties shared ones
+        return model
     except Exception as e:
         raise ModelSourceError(
             f"transformers cannot build a model from {where}: {exception_line(e)}{_config_field_hint(config, e)}"
@@ -247,18 +276,20 @@ class _NoLoadReport(logging.Filter):
         return "LOAD REPORT" not in str(record.msg)
 
 
-def _from_pretrained(p: Path, trust: bool, attn: dict) -> nn.Module:
-    """``AutoModelForCausalLM.from_pretrained`` from safetensors only, its loading report turned into errors."""
+def _from_pretrained(p: Path, device: torch.device, dtype: torch.dtype, trust: bool, attn: dict) -> nn.Module:
+    """``AutoModelForCausalLM.from_pretrained`` from safetensors only, straight onto ``device`` in ``dtype``,
+    its loading report turned into errors."""
     from transformers import AutoModelForCausalLM
 
     logger = logging.getLogger("transformers.modeling_utils")
     quiet = _NoLoadReport()
     logger.addFilter(quiet)
+    placement = {} if device.type == "cpu" else {"device_map": {"": device}}  # each tensor loaded onto the device
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
-            p, dtype=torch.float32, use_safetensors=True, trust_remote_code=trust, output_loading_info=True,
+            p, dtype=dtype, use_safetensors=True, trust_remote_code=trust, output_loading_info=True,
             ignore_mismatched_sizes=True,  # reported below instead of raised after a printed table
-            **attn,
+            **placement, **attn,
         )
     except ModelSourceError:
         raise
@@ -359,20 +390,21 @@ def _alias_names(params: dict, name: str) -> list[str]:
     return [n for n, p in params.items() if p is target] if target is not None else []
 
 
-def _load_state(model: nn.Module, path: Path, device: str, tensors: dict | None = None) -> None:
+def _load_state(model: nn.Module, path: Path, device: torch.device, tensors: dict | None = None) -> None:
     """Load the safetensors weights of ``path`` (``tensors``: their validated headers, from
     :func:`check_weights`) into ``model``, which must expect exactly these names and shapes.
 
+    Each tensor is read onto ``device`` and, when it is floating point, cast to the dtype of the
+    model's tensor of that name (the dtype the model was built in), one tensor at a time.
     Tied weights (one Parameter under several names) are stored once under any of their names;
     non-persistent buffers are not expected; ``depprune_buffers.safetensors`` restores computed ones.
     """
-    from safetensors.torch import load_file
-
     tensors = check_weights(path) if tensors is None else tensors
     if not tensors:
         what = "its safetensors files hold no tensors" if has_weights(path) else "it holds no safetensors weights"
         raise ModelSourceError(f"{path}: {what} (expected model.safetensors or model.safetensors.index.json)")
-    expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+    built = model.state_dict(keep_vars=True)
+    expected = {k: tuple(v.shape) for k, v in built.items()}
     groups: dict[int, list[str]] = {}  # tied weights: one Parameter under several names, stored once
     for name, prm in model.named_parameters(remove_duplicate=False):
         groups.setdefault(id(prm), []).append(name)
@@ -385,10 +417,7 @@ def _load_state(model: nn.Module, path: Path, device: str, tensors: dict | None 
         raise err
     state: dict[str, torch.Tensor] = {}
     for f in sorted({t.file for t in tensors.values()}):
-        try:
-            state.update(load_file(str(f), device=device))
-        except Exception as e:  # the header was valid; the data could not be read
-            raise ModelSourceError(f"not a valid safetensors file: {f} ({exception_line(e, 160)})") from e
+        state.update(_read_tensors(f, device, {k: v.dtype for k, v in built.items()}))
     model.load_state_dict(state, strict=False, assign=True)
     for names in groups.values():
         loaded = [n for n in names if n in state]
@@ -408,9 +437,26 @@ def _load_state(model: nn.Module, path: Path, device: str, tensors: dict | None 
                      if tuple(shape) != tuple(known[n].shape)]
         if misshaped:
             raise ModelSourceError(f"{buffers}: buffers do not match the architecture: {', '.join(misshaped[:5])}")
-        for name, value in load_file(str(buffers), device=device).items():
+        for name, value in _read_tensors(buffers, device, {n: b.dtype for n, b in known.items()}).items():
             mod, attr = owner_and_attr(model, name)
             mod._buffers[attr] = value
+
+
+def _read_tensors(file: Path, device: torch.device, dtypes: dict[str, torch.dtype]) -> dict[str, torch.Tensor]:
+    """Every tensor of the safetensors ``file``, read onto ``device``; a floating-point one cast to
+    ``dtypes[name]`` (integer and boolean ones are kept, for :func:`check_stored_parameters` to refuse)."""
+    from safetensors import safe_open
+
+    out: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(file), framework="pt", device=str(device)) as f:
+            for name in f.keys():  # noqa: SIM118  (a safe_open handle is not a dict)
+                t = f.get_tensor(name)
+                want = dtypes.get(name)
+                out[name] = t.to(want) if want is not None and t.is_floating_point() and want.is_floating_point else t
+    except Exception as e:  # the header was valid; the data could not be read
+        raise ModelSourceError(f"not a valid safetensors file: {file} ({exception_line(e, 160)})") from e
+    return out
 
 
 def computed_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -461,6 +507,8 @@ def write_pruned(
 
         save_file({n: b.detach().contiguous().cpu() for n, b in computed.items()}, str(directory / BUFFER_FILE))
     cfg = json.loads((directory / "config.json").read_text())
+    cfg.pop("torch_dtype", None)
+    cfg["dtype"] = dtype_name(weights_dtype(model))  # what the tensors are, even after a model.to(dtype)
     # config.json carries the pruned sizes when the architecture can express them (then any
     # transformers install loads it); the record always lets load_model rebuild per-layer sizes
     cfg["depprune"] = {"format": FORMAT, "hf_loadable": bool(record.config), "record": record.to_dict()}
@@ -471,6 +519,19 @@ def write_pruned(
         for f in TOKENIZER_FILES:
             if (Path(source) / f).is_file():
                 shutil.copyfile(Path(source) / f, directory / f)
+
+
+def weights_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of most of ``model``'s floating-point parameters (by element count; float32 if it has none).
+
+    >>> weights_dtype(nn.Linear(2, 2).to(torch.bfloat16))
+    torch.bfloat16
+    """
+    count: dict[torch.dtype, int] = {}
+    for p in model.parameters():
+        if p.is_floating_point():
+            count[p.dtype] = count.get(p.dtype, 0) + p.numel()
+    return max(count, key=count.__getitem__) if count else torch.float32
 
 
 def state_to_save(model: nn.Module) -> dict[str, torch.Tensor]:

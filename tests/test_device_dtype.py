@@ -16,14 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from pruners.importance.calibration import CalibrationConfig, calibration_samples
-from pruners.io.checkpoint import BUFFER_FILE, computed_buffers, load_model, load_tokenizer, save_pruned
-from pruners.io.device import resolve_device, resolve_dtype
 from pruners.errors import UsageError
 from pruners.eval import generation_speed, perplexity
 from pruners.importance import collect_signals
+from pruners.importance.calibration import CalibrationConfig, calibration_samples
+from pruners.io.checkpoint import BUFFER_FILE, computed_buffers, load_model, load_tokenizer, save_pruned
+from pruners.io.device import resolve_device, resolve_dtype
 from pruners.io.model_files import read_safetensors_header
 from pruners.pipeline import PruneConfig, analyze, member_scores, prune
+
 from zoo import STORIES, TINYSTORIES_TRAIN, TINYSTORIES_VALID
 
 TRAIN, VALID = TINYSTORIES_TRAIN, TINYSTORIES_VALID
@@ -399,3 +400,43 @@ def test_on_cuda_end_to_end(dtype, samples, tokenizer, tmp_path):
         assert np.isfinite(perplexity(loaded, tokenizer, VALID, max_tokens=500, progress=False))
     sp = generation_speed(model, prompt_len=8, gen_len=8, repeats=1)
     assert sp["peak_bytes"] >= sp["param_bytes"] > 0
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+@real_data
+def test_cli_prunes_and_evaluates_in_bfloat16(tmp_path, capsys):
+    from pruners.cli import main
+
+    out = tmp_path / "bf16"
+    code = main(["prune", "--model", str(STORIES), "--ratio", "0.2", "--out", str(out), "--dtype", "bfloat16",
+                 "--device", "cpu", "--json", "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)
+    assert (report["dtype"], report["device"]) == ("bfloat16", "cpu")
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    assert {dtype for dtype, _ in read_safetensors_header(out / "model.safetensors").values()} == {"BF16"}
+    assert main(["eval", "--model", str(out), "--ppl", str(VALID), "--max-tokens", "512", "--json", "--quiet"]) == 0
+    ppl = json.loads(capsys.readouterr().out)["models"][str(out)]
+    assert 1.0 < next(v for k, v in ppl.items() if k.startswith("ppl:")) < 100
+
+
+@real_data
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--dtype", "float64"], "--dtype 'float64'"),
+        (["--device", "tpu"], "--device 'tpu' is not a device depprune can use; expected cpu, cuda or cuda:N"),
+    ] + ([(["--device", "cuda"], "--device cuda: no CUDA device is available here")] if not torch.cuda.is_available() else []),
+)
+def test_cli_device_and_dtype_refusals_are_one_line(tmp_path, capsys, flags, message):
+    from pruners.cli import main
+
+    for argv in (["prune", "--model", str(STORIES), "--ratio", "0.2", "--out", str(tmp_path / "o")],
+                 ["eval", "--model", str(STORIES), "--ppl", str(VALID)]):
+        code = main([*argv, *flags, "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()

@@ -168,7 +168,7 @@ def test_importance_option_flags(power, tmp_path, capsys):
     saved = json.loads((tmp_path / "flag" / "config.json").read_text())["depprune"]["run"]["config"]
     assert saved["importance_options"] == {"power": 1.5}
     # the flag overrides the run file key by key
-    (tmp_path / "run.yaml").write_text(f"importance: power\nimportance_options: {{power: 2.5}}\n")
+    (tmp_path / "run.yaml").write_text("importance: power\nimportance_options: {power: 2.5}\n")
     code, out, err = prune_json("--config", str(tmp_path / "run.yaml"), "--importance-option", "power=4", out="over")
     assert code == 0 and json.loads(out)["importance_options"] == {"power": 4.0}, err
     # another --importance drops the file's options (they were written for its estimator)

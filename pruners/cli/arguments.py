@@ -37,6 +37,26 @@ def add_nonfinite_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_device_options(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype``: for commands that compute with a model's weights."""
+    parser.add_argument(
+        "--device", help="where the model runs: cpu, cuda or cuda:N (default: cuda when available, else cpu)"
+    )
+    parser.add_argument(
+        "--dtype", help="float32, bfloat16 or float16: the precision the model is loaded, pruned, evaluated and saved in "
+        "(default: the checkpoint's config.json dtype, float32 when it names none); scores and losses are float32 or wider",
+    )
+
+
+def check_device_options(device: str | None, dtype: str | None):
+    """The ``--device`` (resolved: ``cuda`` is ``cuda:0``) after checking it and ``--dtype``, before any model is read."""
+    from ..io.device import resolve_device, resolve_dtype
+
+    if dtype is not None:
+        resolve_dtype(dtype, None)
+    return resolve_device(device)
+
+
 NAME_MAX, PATH_MAX = 255, 4095  # bytes per path component and per path on Linux file systems
 
 

@@ -6,13 +6,21 @@ import argparse
 from pathlib import Path
 
 from ..errors import UsageError
-from .arguments import add_common_options, add_nonfinite_option, check_finite_metrics, check_path_argument
+from .arguments import (
+    add_common_options,
+    add_device_options,
+    add_nonfinite_option,
+    check_device_options,
+    check_finite_metrics,
+    check_path_argument,
+)
 from .registry import Command
 
 
 def add_arguments(ev: argparse.ArgumentParser) -> None:
     add_common_options(ev)
     add_nonfinite_option(ev)
+    add_device_options(ev)
     ev.add_argument("--model", nargs="+", required=True, help="model directories (e.g. the original and the pruned one)")
     ev.add_argument("--tokenizer", help="tokenizer directory (default: each model's own)")
     ev.add_argument("--ppl", nargs="+", default=[], metavar="FILE", help="text files for perplexity (WikiText-2, PTB, any text)")
@@ -42,6 +50,7 @@ def run(args) -> dict:
                 check_path_argument(flag, value)
     for f in args.ppl:
         check_text_file(f, seq_len=args.seq_len, max_tokens=args.max_tokens)
+    device = check_device_options(args.device, args.dtype)
     check_limit(args.limit)
     lm_eval_tasks = [t.strip() for t in (args.lm_eval_tasks or "").split(",") if t.strip()]
     if args.lm_eval_tasks is not None and not lm_eval_tasks:
@@ -57,7 +66,7 @@ def run(args) -> dict:
     trust = args.trust_remote_code
     results = {}
     for path in args.model:
-        model = load_model(path, trust_remote_code=trust, allow_nonfinite=bool(args.allow_nonfinite))
+        model = load_model(path, device, dtype=args.dtype, trust_remote_code=trust, allow_nonfinite=bool(args.allow_nonfinite))
         tok = load_tokenizer(args.tokenizer or path, trust_remote_code=trust,
                              vocab_size=model.get_input_embeddings().num_embeddings)
         r: dict = {"params": count_params(model)}

@@ -14,7 +14,9 @@ from pathlib import Path
 from ..errors import UsageError
 from .arguments import (
     add_common_options,
+    add_device_options,
     add_nonfinite_option,
+    check_device_options,
     check_finite_metrics,
     check_path_argument,
     short_repr,
@@ -34,6 +36,7 @@ def add_arguments(pr: argparse.ArgumentParser) -> None:
 
     add_common_options(pr)
     add_nonfinite_option(pr)
+    add_device_options(pr)
     pr.add_argument("--config", help="YAML or JSON run file; command-line flags override its values")
     pr.add_argument("--model", help="model directory (or hub id) with config.json and weights")
     pr.add_argument(
@@ -136,7 +139,8 @@ FLAG_KEYS = {
     "aggregation": ("aggregation",), "kinds": ("kinds",), "strategy": ("strategy",), "layers": ("layers",), "min_units": ("min_units",),
     "round_to": ("round_to",), "calibration": ("calibration", "source"), "calibration_samples": ("calibration", "samples"),
     "calibration_seq_len": ("calibration", "seq_len"), "out": ("out",), "force": ("force",), "eval_text": ("eval_text",),
-    "tokenizer": ("tokenizer",), "seed": ("seed",), "allow_nonfinite": ("allow_nonfinite",),
+    "tokenizer": ("tokenizer",), "seed": ("seed",), "allow_nonfinite": ("allow_nonfinite",), "device": ("device",),
+    "dtype": ("dtype",),
 }
 
 
@@ -259,9 +263,7 @@ def _validate_prune(data: dict) -> None:
     data["model"] = str(src)  # a hub id is now its local snapshot
     if not check_weights(src):  # refuses pickles and corrupt files; empty: config only
         raise UsageError(f"{data['model']!r} has a config but no weights to prune")
-    from ..importance import make_estimator, needs_of
-
-    from ..importance import validate_options
+    from ..importance import make_estimator, needs_of, validate_options
 
     options = data.get("importance_options") or {}
     if not isinstance(options, dict):
@@ -290,17 +292,18 @@ def run(args) -> dict:
     from ..io.output_dir import OutputDir
 
     cfg = run_config(args)
+    device = check_device_options(cfg.device, cfg.dtype)  # e.g. --device cuda without CUDA: before anything is read
     _check_input_files(cfg)
     inputs = [cfg.model, cfg.tokenizer, cfg.calibration.source, cfg.eval_text, args.config]
     out = OutputDir(cfg.out, force=cfg.force, inputs=inputs, warn=warn)
     try:
-        return _prune_into(out, cfg, args)
+        return _prune_into(out, cfg, args, device)
     except KeyboardInterrupt as e:
         e.replaced = out.written and cfg.out  # the swap was done: OUT is the new, complete model
         raise
 
 
-def _prune_into(out, cfg, args) -> dict:
+def _prune_into(out, cfg, args, device) -> dict:
     """Inside the reserved OUT: load, prune, evaluate, write; return the report."""
     from ..importance import make_estimator, needs_of
     from ..io.checkpoint import load_model, load_tokenizer, write_pruned
@@ -308,7 +311,7 @@ def _prune_into(out, cfg, args) -> dict:
 
     trust = args.trust_remote_code
     with out:
-        skeleton = load_model(cfg.model, weights=False, trust_remote_code=trust)  # structure only, on meta
+        skeleton = load_model(cfg.model, weights=False, dtype=cfg.dtype, trust_remote_code=trust)  # structure only, on meta
         needs_data = bool(needs_of(make_estimator(cfg.importance, **cfg.importance_options)))
         if needs_data:
             check_context(cfg, skeleton)
@@ -319,9 +322,11 @@ def _prune_into(out, cfg, args) -> dict:
         samples = run_samples(cfg, tokenizer) if needs_data else None  # too few tokens fails here, before any weight
         analysis = analyze(skeleton)
         check_feasible(analysis[1], cfg, count_params(skeleton))  # plan errors before loading weights
-        model = load_model(cfg.model, trust_remote_code=trust, allow_nonfinite=cfg.allow_nonfinite)
+        model = load_model(
+            cfg.model, device, dtype=cfg.dtype, trust_remote_code=trust, allow_nonfinite=cfg.allow_nonfinite
+        )
         result = prune(model, cfg, progress=not args.quiet, analysis=analysis, samples=samples)
-        report = _prune_report(cfg, result)
+        report = _prune_report(cfg, result, device)
         if cfg.eval_text:
             from ..eval.perplexity import perplexity
 
@@ -335,7 +340,10 @@ def _prune_into(out, cfg, args) -> dict:
     return report
 
 
-def _prune_report(cfg, result) -> dict:
+def _prune_report(cfg, result, device) -> dict:
+    from ..io.checkpoint import weights_dtype
+    from ..io.device import dtype_name
+
     return {
         "model": cfg.model,
         "out": cfg.out,
@@ -348,6 +356,8 @@ def _prune_report(cfg, result) -> dict:
         "ratio_target": cfg.ratio,
         "kind_ratios": cfg.kind_ratios,
         "calibration": str(cfg.calibration.source) if cfg.calibration.source else None,
+        "device": str(device),
+        "dtype": dtype_name(weights_dtype(result.model)),
         "params_before": result.params_before,
         "params_after": result.params_after,
         "ratio_achieved": round(result.achieved_ratio, 6),
@@ -357,7 +367,7 @@ def _prune_report(cfg, result) -> dict:
 
 
 def show(r: dict) -> None:
-    print(f"pruned {r['model']} -> {r['out']}  (importance {r['importance']}, aggregation {r['aggregation']}, kinds {' '.join(r['kinds'])})")
+    print(f"pruned {r['model']} -> {r['out']}  (importance {r['importance']}, aggregation {r['aggregation']}, kinds {' '.join(r['kinds'])}; {r['dtype']} on {r['device']})")
     print(f"{'':<14}{'before':>14}{'after':>14}")
     print(f"{'parameters':<14}{r['params_before']:>14,}{r['params_after']:>14,}")
     if "ppl_before" in r:

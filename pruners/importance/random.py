@@ -26,4 +26,6 @@ class Random:
         self.config = config
 
     def score(self, group: Group, ctx: ScoringContext) -> torch.Tensor:
-        return torch.rand(1, group.n_units, generator=ctx.generator, dtype=torch.float64)
+        """One seeded draw per unit, the same for every member: ``(n_members, n_units)``."""
+        row = torch.rand(group.n_units, generator=ctx.generator, dtype=torch.float64)  # (n_units,)
+        return row.expand(len(group.members), -1)

@@ -79,8 +79,11 @@ def collect_signals(
 
     ``params`` names the weights whose signals are wanted (default: all).  Only they get
     gradients: e.g. the embedding and the LM head, which no attention or MLP group reads, are
-    not differentiated, which saves their gradient memory.  ``model`` is left as it was:
-    gradients are cleared and hooks removed afterwards.
+    not differentiated, which saves their gradient memory.  A wanted weight that receives no
+    gradient (it does not reach the loss) gets a zero one, and a wanted layer that never runs
+    zero input statistics: every wanted weight has its signals, so a missing one is never
+    mistaken for "not applicable".  ``model`` is left as it was: gradients are cleared and
+    hooks removed afterwards.
     """
     needs = set(needs)
     unknown = needs - SIGNALS
@@ -89,43 +92,22 @@ def collect_signals(
     sig = Signals()
     if not needs or not samples:
         return sig
-    device = next(model.parameters()).device
     all_params = dict(model.named_parameters())
     wanted = set(all_params) if params is None else set(params) & set(all_params)
-    hooks = []
-    if "activations" in needs:
-        for path, mod in model.named_modules():
-            key = _qualname(mod)
-            if key is None or not isinstance(getattr(mod, "weight", None), torch.Tensor):
-                continue
-            name = f"{path}.weight" if path else "weight"
-            if name not in wanted:
-                continue
-            sig.input_axis[name] = INPUT_AXIS[key]
-            hooks.append(mod.register_forward_pre_hook(_stats_hook(sig, name)))
     wants_grad = bool(needs & {"grad", "fisher"})
     if wants_grad and not wanted:
         raise ValueError("gradient signals were asked for, but none of the given params is a parameter of the model")
+    hooks = _activation_hooks(model, sig, wanted) if "activations" in needs else []
     if wants_grad:
-        for n in wanted:
-            hooks.append(all_params[n].register_post_accumulate_grad_hook(_gradient_hook(sig, n, needs)))
+        hooks += [all_params[n].register_post_accumulate_grad_hook(_gradient_hook(sig, n, needs)) for n in wanted]
     was_training = model.training
-    model.eval()
     saved = {n: p.requires_grad for n, p in all_params.items()}
+    model.eval()
     for n, p in all_params.items():
         p.requires_grad_(wants_grad and n in wanted)
         p.grad = None
     try:
-        for ids in tqdm(samples, desc="calibration", disable=not progress, leave=False):
-            ids = ids.to(device)
-            if not wants_grad:
-                with torch.no_grad():
-                    model(ids)
-                continue
-            _causal_lm_loss(model, ids).backward()  # the hooks fold in and clear every .grad
-        for acc in (sig.grad, sig.fisher):  # sums over samples -> means
-            for g in acc.values():
-                g.div_(len(samples))
+        _run_samples(model, samples, wants_grad, progress)
     finally:
         for h in hooks:
             h.remove()
@@ -133,7 +115,52 @@ def collect_signals(
             p.grad = None
             p.requires_grad_(saved[n])
         model.train(was_training)
+    _fill_missing(sig, {n: all_params[n] for n in wanted}, needs)
+    for acc in (sig.grad, sig.fisher):  # sums over samples -> means
+        for g in acc.values():
+            g.div_(len(samples))
     return sig
+
+
+def _activation_hooks(model: nn.Module, sig: Signals, wanted: set[str]) -> list:
+    """Forward pre-hooks gathering input statistics of every known linear layer whose weight is wanted."""
+    hooks = []
+    for path, mod in model.named_modules():
+        key = _qualname(mod)
+        if key is None or not isinstance(getattr(mod, "weight", None), torch.Tensor):
+            continue
+        name = f"{path}.weight" if path else "weight"
+        if name in wanted:
+            sig.input_axis[name] = INPUT_AXIS[key]
+            hooks.append(mod.register_forward_pre_hook(_stats_hook(sig, name)))
+    return hooks
+
+
+def _run_samples(model: nn.Module, samples: Sequence[torch.Tensor], wants_grad: bool, progress: bool) -> None:
+    """One forward pass per sample (and its backward when gradients are wanted: the hooks fold them in)."""
+    device = next(model.parameters()).device
+    for ids in tqdm(samples, desc="calibration", disable=not progress, leave=False):
+        ids = ids.to(device)  # (1, T)
+        if wants_grad:
+            _causal_lm_loss(model, ids).backward()  # the hooks fold in and clear every .grad
+        else:
+            with torch.no_grad():
+                model(ids)
+
+
+def _fill_missing(sig: Signals, wanted: dict[str, torch.Tensor], needs: set[str]) -> None:
+    """Zero gradients (and Fisher) for wanted weights backward never reached; zero statistics for layers that never ran."""
+    for name, p in wanted.items():
+        for signal, acc in (("grad", sig.grad), ("fisher", sig.fisher)):
+            if signal in needs and name not in acc:
+                acc[name] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)  # (p.shape) float32
+    for name, axis in sig.input_axis.items():
+        if name not in sig.act_sq:
+            p = wanted[name]
+            features = p.shape[axis]
+            sig.act_sq[name] = torch.zeros(features, dtype=torch.float32, device=p.device)
+            sig.act_sum[name] = torch.zeros(features, dtype=torch.float32, device=p.device)
+            sig.act_count[name] = 1  # no token seen: zero mean and variance, not 0 / 0
 
 
 def _gradient_hook(sig: Signals, name: str, needs: set[str]):

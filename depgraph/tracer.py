@@ -20,24 +20,14 @@ from torch.fx.node import map_aggregate
 
 from . import ops  # noqa: F401  (importing registers every op handler)
 from .layout import ONE, Factor, LayoutConflict, Term, cut, resolve, unify
-from .ops.registry import TensorInfo, lookup, op_key
+from .ops.registry import TensorInfo, UnsupportedOpError, lookup, module_path, op_key, unsupported
 
-
-class UnsupportedOpError(NotImplementedError):
-    """An op in the traced graph has no handler; nothing about it is guessed."""
+# what a handler raises when it indexes, unpacks or binds arguments of a shape it does not expect
+_HANDLER_FAULTS = (IndexError, KeyError, AssertionError, ValueError, TypeError, AttributeError)
 
 
 class TraceError(RuntimeError):
     """``torch.export`` could not trace the model."""
-
-
-def module_path(node: torch.fx.Node) -> str:
-    """The owning module path of a node, from ``nn_module_stack`` (``""`` for the root)."""
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return "<root>"
-    path = list(stack.values())[-1][0]
-    return path.replace("L['self'].", "").replace("L__self___", "") or "<root>"
 
 
 @dataclass
@@ -147,7 +137,10 @@ class Tracer:
                     f"no depgraph handler for op {op_key(node.target)!r} at node {node.format_node()} "
                     f"in module {module_path(node)!r}; register one with depgraph.ops.register"
                 )
-            env[node] = handler(self, node, *args, **kwargs)
+            try:
+                env[node] = handler(self, node, *args, **kwargs)
+            except _HANDLER_FAULTS as e:  # a shape the handler does not understand: name the node
+                raise unsupported(node, f"its handler failed with {type(e).__name__}: {e}") from e
             node.meta["depgraph"] = env[node]  # results live on the graph nodes
         return None
 

@@ -50,7 +50,7 @@ def unsupported(node: Any, what: str) -> UnsupportedOpError:
     >>> x = g.placeholder("x")
     >>> node = g.call_function(torch.ops.aten.neg.default, (x,))
     >>> print(unsupported(node, "a 5-D input"))
-    depgraph cannot handle aten.neg.default at node %neg : [num_users=0] = call_function[target=torch.ops.aten.neg.default](args = (%x,), kwargs = {}) in module '<root>': a 5-D input
+    depgraph cannot handle aten.neg.default at node %neg_default : [num_users=0] = call_function[target=torch.ops.aten.neg.default](args = (%x,), kwargs = {}) in module '<root>': a 5-D input
     """
     return UnsupportedOpError(
         f"depgraph cannot handle {op_key(node.target)} at node {node.format_node()} in module {module_path(node)!r}: {what}"

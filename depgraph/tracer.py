@@ -200,7 +200,11 @@ def trace(model: nn.Module, batch: int = 2, seq: int = 7) -> Trace:
         elif spec.kind == InputKind.BUFFER:
             buffers[spec.target] = info
         inputs.append(info)
-    tracer.run_graph(ep.graph, inputs, ep.graph_module)
+    outputs = tracer.run_graph(ep.graph, inputs, ep.graph_module)
+    annotate_token_lookups(tracer.sites, ep)
+    for info in outputs if isinstance(outputs, (tuple, list)) else [outputs]:
+        if isinstance(info, TensorInfo) and info.ndim:
+            tracer.sites.setdefault("output", []).append({"out": info.axes[-1], "node": None, "module": None})
     fqn = {n.name: spec.target for n, spec in zip(placeholders, ep.graph_signature.input_specs) if spec.target}
     order: dict[str, int] = {}
     for node in ep.graph.nodes:  # execution order: the rank at which each weight is first read
@@ -230,6 +234,28 @@ def trace(model: nn.Module, batch: int = 2, seq: int = 7) -> Trace:
         num_nodes=tracer.num_nodes,
         order=order,
     )
+
+
+def token_dependent(ep: torch.export.ExportedProgram) -> set[str]:
+    """Names of the fx nodes whose value is computed from the user inputs (the token ids)."""
+    specs = ep.graph_signature.input_specs
+    placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
+    out = {n.name for n, spec in zip(placeholders, specs) if spec.kind == InputKind.USER_INPUT}
+    for node in ep.graph.nodes:
+        if node.op != "placeholder" and any(a.name in out for a in node.all_input_nodes):
+            out.add(node.name)
+    return out
+
+
+def annotate_token_lookups(sites: dict[str, list[dict]], ep: torch.export.ExportedProgram) -> None:
+    """Mark each ``embedding`` site ``by_tokens``: are its indices computed from the token ids?
+
+    A table looked up by the token ids holds vocabulary rows; one looked up by indices computed
+    without them (``arange`` positions, the attention mask) holds position rows.
+    """
+    dependent = token_dependent(ep)
+    for site in sites.get("embedding", []):
+        site["by_tokens"] = site.get("indices") in dependent
 
 
 def tied_aliases(model: nn.Module) -> dict[str, list[str]]:

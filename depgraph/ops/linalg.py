@@ -115,6 +115,8 @@ def sdpa(tr, node, *args, **kwargs):
         tr.unify(q.axes[-3], k.axes[-3])
     elif hq % hk == 0:
         tr.unify(q.axes[-3], Prod((k.axes[-3], Factor(hq // hk, "expand"))))
+    else:
+        raise unsupported(node, f"{hq} query heads do not divide into {hk} key/value heads")
     tr.unify(q.axes[-1], k.axes[-1])
     tr.unify(k.axes[-2], v.axes[-2])
     heads = q.axes[-3]

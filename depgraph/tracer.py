@@ -32,7 +32,15 @@ class TraceError(RuntimeError):
 
 @dataclass
 class Trace:
-    """What tracing found: layout terms per parameter/buffer axis plus op-level annotations."""
+    """What tracing found: layout terms per parameter/buffer axis plus op-level annotations.
+
+    ``sites`` maps an annotation kind to one dict per op: ``linear`` (``inp``/``out`` terms of a
+    weight applied to the last axis: ``aten.linear``, ``mm``, ``addmm``, ``x @ W``),
+    ``contraction`` (batched products: ``batch``, ``contracted``, ``free`` terms), ``embedding``
+    (table ``rows`` and features ``out``; ``by_tokens`` when the indices are computed from the token
+    ids), ``normalized`` (axes a mean, variance, max or softmax runs over) and ``output`` (the last
+    axis ``out`` of each user output: the logits).
+    """
 
     params: dict[str, TensorInfo]
     buffers: dict[str, TensorInfo]

@@ -502,3 +502,28 @@ def test_layer_of_new_models(traced):
         for g in traced(arch).groups:
             if g.layer is not None:
                 assert {layer_of(m.param) for m in g.members} == {g.layer}, g.id
+
+
+class CrossLayer(nn.Module):
+    """A channel made by a linear map of layer 0 and read by one of layer 1: no MLP's own channel."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(11, 6)
+        self.layers = nn.ModuleList([nn.ModuleDict({"up": nn.Linear(6, 5)}), nn.ModuleDict({"down": nn.Linear(5, 6)})])
+        self.head = nn.Linear(6, 11)
+
+    def forward(self, idx):
+        x = self.embed(idx)
+        return self.head(x + self.layers[1]["down"](torch.relu(self.layers[0]["up"](x))))
+
+
+def test_cross_layer_channel_is_unplaced():
+    with torch.device("meta"):
+        model = CrossLayer()
+    groups = {g.id: g for g in find_groups(trace(model))}
+    assert set(groups) == {"hidden_channel@all", "vocab@all", "vocab@all#1", "unplaced@all"}
+    assert [m.param for m in groups["unplaced@all"].members] == [
+        "layers.0.up.weight", "layers.0.up.bias", "layers.1.down.weight",
+    ]
+    assert [m.param for m in groups["vocab@all#1"].members] == ["head.weight", "head.bias"]  # the logits' rows

@@ -9,12 +9,26 @@ layer a group belongs to.
 
 Kinds
 -----
-``attention_head``  a head of multi-head attention (q/k/v slices and the o columns).
+:data:`KINDS` lists every kind a group can have, in the order groups of one layer are listed:
+
+``attention_head``  a head of multi-head attention: its q/k/v slices and its o columns.  With one
+                    KV head shared by every query head (multi-query attention) a query head: its q
+                    slices and o columns (the shared k/v rows stay).
 ``kv_group``        a KV head with all query heads reading it (GQA).
 ``query_head``      one query head inside a KV group; pruned in equal numbers per group.
-``mlp_channel``     an intermediate channel of the MLP (gate/up/down, fc1/fc2).
+``mlp_channel``     a channel produced by one linear map and consumed by another within one layer
+                    (gate/up/down, fc1/fc2), with every parameter applied element-wise on the way
+                    (biases, a per-channel activation parameter such as ``nn.PReLU(C)``'s weight).
 ``hidden_channel``  a channel of the residual stream: embeddings, every norm, every projection.
-``channel``         any other prunable factor (reported, never pruned by default).
+``vocab``           a vocabulary row: of the embedding table the token ids look up, and of the LM
+                    head (the last axis of the logits).
+``position``        a row of a learned position embedding: a table looked up by indices that are
+                    not computed from the token ids (``arange`` positions, the attention mask).
+``unplaced``        a prunable factor that none of the rules above places, e.g. a channel between
+                    linear maps of *different* layers.  Listed (by ``depprune inspect``), never pruned.
+
+The kinds a user may plan (``--kinds``) are the selectors in ``pruners.planner.KIND_NAMES``:
+the per-layer kinds and ``hidden_channel``, plus ``attention`` (KV groups, else heads).
 """
 
 from __future__ import annotations
@@ -30,7 +44,9 @@ from .graph import axes_containing, build_graph, positions, term_key
 from .layout import Cat, Factor, factors, resolve
 from .tracer import Trace
 
-KINDS = ("attention_head", "kv_group", "query_head", "mlp_channel", "hidden_channel", "channel")
+KINDS = (
+    "attention_head", "kv_group", "query_head", "mlp_channel", "hidden_channel", "vocab", "position", "unplaced",
+)
 
 
 @dataclass(frozen=True)
@@ -165,7 +181,14 @@ def segments(t) -> list[frozenset]:
 
 
 def classify(trace: Trace) -> dict[str, object]:
-    """Root factors by role: data, head (per attention site), head-dim (atomic), hidden, inexact."""
+    """Root factors by role, from the tracer's op-level annotations.
+
+    Returns a dict with ``data`` (batch and sequence axes of the inputs), ``heads`` (per attention
+    site, the non-data factors of its batch axes), ``atomic`` (head dims: contracted or value-side
+    per head), ``hidden`` (embedding features), ``vocab`` (rows of the tables the token ids look up,
+    and the logits' last axis), ``position`` (rows of the other embedding tables), ``linear_out`` /
+    ``linear_in`` (factors produced / consumed by a linear map) and ``inexact`` (normalised over).
+    """
     data = {f for t in trace.data_terms for f in factors(t)}
     heads: list[list] = []
     atomic: set = set()
@@ -176,13 +199,140 @@ def classify(trace: Trace) -> dict[str, object]:
         heads.append(hs)
         for t in site["contracted"] + site["free"]:
             atomic.update(f for f in factors(t) if f not in data)
-    hidden = {f for s in trace.sites.get("embedding", []) for f in factors(s["out"])}
-    inexact = {f for s in trace.sites.get("normalized", []) for t in s["terms"] for f in factors(t)}
-    return {"data": data, "heads": heads, "atomic": atomic, "hidden": hidden, "inexact": inexact}
+    embeddings = trace.sites.get("embedding", [])
+    hidden = {f for s in embeddings for f in factors(s["out"])}
+    vocab = {f for s in embeddings if s["by_tokens"] for f in factors(s["rows"])}
+    vocab |= {f for s in trace.sites.get("output", []) for f in factors(s["out"])}
+    position = {f for s in embeddings if not s["by_tokens"] for f in factors(s["rows"])} - vocab
+    linear = trace.sites.get("linear", [])
+    return {
+        "data": data,
+        "heads": heads,
+        "atomic": atomic,
+        "hidden": hidden,
+        "vocab": vocab,
+        "position": position,
+        "linear_out": {f for s in linear for f in factors(s["out"])},
+        "linear_in": {f for s in linear for f in factors(s["inp"])},
+        "inexact": {f for s in trace.sites.get("normalized", []) for t in s["terms"] for f in factors(t)},
+    }
+
+
+@dataclass
+class _Finder:
+    """Group-finding state: which factors are prunable, which are taken, the groups found so far."""
+
+    trace: Trace
+    G: nx.DiGraph
+    roles: dict[str, object]
+    param_factors: set
+    shapes: dict[str, tuple[int, ...]]
+    seen: set = field(default_factory=set)
+    groups: list[Group] = field(default_factory=list)
+
+    def prunable(self, f: Factor) -> bool:
+        """A factor of some parameter axis that is not frozen, data, or a head dim."""
+        roles = self.roles
+        return f in self.param_factors and not f.frozen and f not in roles["data"] and f not in roles["atomic"]
+
+    def take(self, f: Factor) -> bool:
+        """Claim a prunable factor for a group; False when it is not prunable or already claimed."""
+        if not self.prunable(f) or f in self.seen:
+            return False
+        self.seen.add(f)
+        return True
+
+    def add(self, kind: str, fs: tuple, per_block: int | None = None) -> None:
+        """A group of ``kind`` over the factors ``fs`` (mixed radix), if any parameter axis holds it."""
+        key = tuple(term_key(resolve(f)) for f in fs)
+        members = _members(self.G, key, self.trace.order)
+        if not members:
+            return
+        layers = {layer_of(m.param) for m in members if m.kind == "param"}
+        self.groups.append(
+            Group(
+                id="",
+                kind=kind,
+                layer=layers.pop() if len(layers) == 1 else None,
+                n_units=int(np.prod([f.size for f in fs])),
+                members=members,
+                unit_params=_unit_params(members, self.shapes),
+                exact=not any(f in self.roles["inexact"] for f in fs),
+                factors=key,
+                units_per_block=per_block,
+            )
+        )
+
+
+def _head_groups(fd: _Finder) -> None:
+    """Attention heads, or KV groups and the query heads inside them, of every attention site."""
+    axis_factors = [fs for info in fd.trace.params.values() for t in info.axes for fs in segments(t)]
+    for hs in fd.roles["heads"]:
+        hs = [f for f in dict.fromkeys(hs) if fd.prunable(f)]
+        if not hs or tuple(hs) in fd.seen:
+            continue
+        fd.seen.add(tuple(hs))
+        fd.seen.update(hs)
+        # a KV factor also indexes some parameter axis without the query-only (repeat) factors
+        kv = [f for f in hs if any(f in fs and not set(hs) <= fs for fs in axis_factors)] if len(hs) > 1 else hs
+        rep = [f for f in hs if f not in kv]
+        per_block = int(np.prod([r.size for r in rep]))
+        if not rep:
+            fd.add("attention_head", tuple(kv))
+        elif not kv:
+            fd.add("query_head", tuple(rep), per_block)
+        else:
+            fd.add("kv_group", tuple(kv))
+            fd.add("query_head", tuple(kv + rep), per_block)
+
+
+def _hidden_groups(fd: _Finder) -> None:
+    """The residual stream: every embedding's feature factor not claimed by a head group."""
+    for f in sorted(fd.roles["hidden"], key=lambda f: f.id):
+        if fd.take(f):
+            fd.add("hidden_channel", (f,))
+
+
+def _channel_kind(fd: _Finder, f: Factor) -> str:
+    """The kind of a single-factor group: MLP channel, vocabulary or position row, else unplaced."""
+    roles = fd.roles
+    if f in roles["linear_out"] and f in roles["linear_in"]:
+        return "mlp_channel"  # produced by one linear map and consumed by another
+    if f in roles["vocab"]:
+        return "vocab"
+    if f in roles["position"]:
+        return "position"
+    return "unplaced"
+
+
+def _channel_groups(fd: _Finder) -> None:
+    """One group per remaining prunable factor; an MLP channel spanning several layers is unplaced."""
+    for f in sorted(fd.param_factors, key=lambda f: f.id):
+        if fd.take(f):
+            fd.add(_channel_kind(fd, f), (f,))
+    for g in fd.groups:
+        spans = {layer_of(m.param) for m in g.members} - {None}
+        if g.kind == "mlp_channel" and len(spans) > 1:
+            g.kind = "unplaced"  # couples several layers: not an MLP's own channel
+
+
+def _name_and_order(groups: list[Group]) -> list[Group]:
+    """Groups by layer (model-wide ones last), then kind; ids ``kind@layer`` (``#n`` for repeats)."""
+    groups = sorted(groups, key=lambda g: (g.layer is None, g.layer if g.layer is not None else 0, KINDS.index(g.kind)))
+    counts: dict[str, int] = {}
+    for g in groups:
+        base = f"{g.kind}@{'all' if g.layer is None else g.layer}"
+        n = counts.get(base, 0)
+        counts[base] = n + 1
+        g.id = base if n == 0 else f"{base}#{n}"
+    return groups
 
 
 def find_groups(trace: Trace, G: nx.DiGraph | None = None) -> list[Group]:
     """All prunable groups of a traced model, ordered by layer then kind.
+
+    Head groups claim their factors first, then hidden channels, then every remaining prunable
+    factor becomes a single-factor group (see the kinds in the module docstring).
 
     Parameters
     ----------
@@ -196,80 +346,13 @@ def find_groups(trace: Trace, G: nx.DiGraph | None = None) -> list[Group]:
     list of Group
     """
     G = build_graph(trace) if G is None else G
-    roles = classify(trace)
-    shapes = {n: i.shape for n, i in trace.params.items()}
     param_factors = {f for info in trace.params.values() for t in info.axes for f in factors(t)}
-    seen: set = set()
-    groups: list[Group] = []
-
-    def node(f):
-        return term_key(resolve(f))
-
-    def prunable(f):
-        return f in param_factors and not f.frozen and f not in roles["data"] and f not in roles["atomic"]
-
-    def add(kind, fs, per_block=None):
-        key = tuple(node(f) for f in fs)
-        members = _members(G, key, trace.order)
-        if not members:
-            return
-        layers = {layer_of(m.param) for m in members if m.kind == "param"}
-        layer = layers.pop() if len(layers) == 1 else None
-        n_units = int(np.prod([f.size for f in fs]))
-        groups.append(
-            Group(
-                id="",
-                kind=kind,
-                layer=layer,
-                n_units=n_units,
-                members=members,
-                unit_params=_unit_params(members, shapes),
-                exact=not any(f in roles["inexact"] for f in fs),
-                factors=key,
-                units_per_block=per_block,
-            )
-        )
-
-    axis_factors = [fs for info in trace.params.values() for t in info.axes for fs in segments(t)]
-    for hs in roles["heads"]:
-        hs = [f for f in dict.fromkeys(hs) if prunable(f)]
-        if not hs or tuple(hs) in seen:
-            continue
-        seen.add(tuple(hs))
-        seen.update(hs)
-        # a KV factor also indexes some parameter axis without the query-only (repeat) factors
-        kv = [f for f in hs if any(f in fs and not set(hs) <= fs for fs in axis_factors)] if len(hs) > 1 else hs
-        rep = [f for f in hs if f not in kv]
-        if not rep:
-            add("attention_head", tuple(kv))
-        elif not kv:
-            add("query_head", tuple(rep), int(np.prod([r.size for r in rep])))
-        else:
-            add("kv_group", tuple(kv))
-            add("query_head", tuple(kv + rep), int(np.prod([r.size for r in rep])))
-    for f in sorted(roles["hidden"], key=lambda f: f.id):
-        if prunable(f) and f not in seen:
-            seen.add(f)
-            add("hidden_channel", (f,))
-    # an MLP channel is produced by one linear layer and consumed by another
-    outs = {f for s in trace.sites.get("linear", []) for f in factors(s["out"])}
-    ins = {f for s in trace.sites.get("linear", []) for f in factors(s["inp"])}
-    for f in sorted(param_factors, key=lambda f: f.id):
-        if prunable(f) and f not in seen:
-            seen.add(f)
-            add("mlp_channel" if f in outs and f in ins else "channel", (f,))
-    for g in groups:
-        spans = {layer_of(m.param) for m in g.members} - {None}
-        if g.kind == "mlp_channel" and len(spans) > 1:
-            g.kind = "channel"  # couples several layers: not an MLP's own channel
-    groups.sort(key=lambda g: (g.layer is None, g.layer if g.layer is not None else 0, KINDS.index(g.kind)))
-    counts: dict[tuple, int] = {}
-    for g in groups:
-        base = f"{g.kind}@{'all' if g.layer is None else g.layer}"
-        n = counts.get(base, 0)
-        counts[base] = n + 1
-        g.id = base if n == 0 else f"{base}#{n}"
-    return groups
+    shapes = {n: i.shape for n, i in trace.params.items()}
+    fd = _Finder(trace, G, classify(trace), param_factors, shapes)
+    _head_groups(fd)
+    _hidden_groups(fd)
+    _channel_groups(fd)
+    return _name_and_order(fd.groups)
 
 
 __all__ = ["Group", "Member", "KINDS", "find_groups", "layer_of", "classify"]

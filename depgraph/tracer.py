@@ -20,29 +20,27 @@ from torch.fx.node import map_aggregate
 
 from . import ops  # noqa: F401  (importing registers every op handler)
 from .layout import ONE, Factor, LayoutConflict, Term, cut, resolve, unify
-from .ops.registry import TensorInfo, lookup, op_key
+from .ops.registry import TensorInfo, UnsupportedOpError, lookup, module_path, op_key, unsupported
 
-
-class UnsupportedOpError(NotImplementedError):
-    """An op in the traced graph has no handler; nothing about it is guessed."""
+# what a handler raises when it indexes, unpacks or binds arguments of a shape it does not expect
+_HANDLER_FAULTS = (IndexError, KeyError, AssertionError, ValueError, TypeError, AttributeError)
 
 
 class TraceError(RuntimeError):
     """``torch.export`` could not trace the model."""
 
 
-def module_path(node: torch.fx.Node) -> str:
-    """The owning module path of a node, from ``nn_module_stack`` (``""`` for the root)."""
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return "<root>"
-    path = list(stack.values())[-1][0]
-    return path.replace("L['self'].", "").replace("L__self___", "") or "<root>"
-
-
 @dataclass
 class Trace:
-    """What tracing found: layout terms per parameter/buffer axis plus op-level annotations."""
+    """What tracing found: layout terms per parameter/buffer axis plus op-level annotations.
+
+    ``sites`` maps an annotation kind to one dict per op: ``linear`` (``inp``/``out`` terms of a
+    weight applied to the last axis: ``aten.linear``, ``mm``, ``addmm``, ``x @ W``),
+    ``contraction`` (batched products: ``batch``, ``contracted``, ``free`` terms), ``embedding``
+    (table ``rows`` and features ``out``; ``by_tokens`` when the indices are computed from the token
+    ids), ``normalized`` (axes a mean, variance, max or softmax runs over) and ``output`` (the last
+    axis ``out`` of each user output: the logits).
+    """
 
     params: dict[str, TensorInfo]
     buffers: dict[str, TensorInfo]
@@ -147,7 +145,10 @@ class Tracer:
                     f"no depgraph handler for op {op_key(node.target)!r} at node {node.format_node()} "
                     f"in module {module_path(node)!r}; register one with depgraph.ops.register"
                 )
-            env[node] = handler(self, node, *args, **kwargs)
+            try:
+                env[node] = handler(self, node, *args, **kwargs)
+            except _HANDLER_FAULTS as e:  # a shape the handler does not understand: name the node
+                raise unsupported(node, f"its handler failed with {type(e).__name__}: {e}") from e
             node.meta["depgraph"] = env[node]  # results live on the graph nodes
         return None
 
@@ -207,7 +208,11 @@ def trace(model: nn.Module, batch: int = 2, seq: int = 7) -> Trace:
         elif spec.kind == InputKind.BUFFER:
             buffers[spec.target] = info
         inputs.append(info)
-    tracer.run_graph(ep.graph, inputs, ep.graph_module)
+    outputs = tracer.run_graph(ep.graph, inputs, ep.graph_module)
+    annotate_token_lookups(tracer.sites, ep)
+    for info in outputs if isinstance(outputs, (tuple, list)) else [outputs]:
+        if isinstance(info, TensorInfo) and info.ndim:
+            tracer.sites.setdefault("output", []).append({"out": info.axes[-1], "node": None, "module": None})
     fqn = {n.name: spec.target for n, spec in zip(placeholders, ep.graph_signature.input_specs) if spec.target}
     order: dict[str, int] = {}
     for node in ep.graph.nodes:  # execution order: the rank at which each weight is first read
@@ -237,6 +242,28 @@ def trace(model: nn.Module, batch: int = 2, seq: int = 7) -> Trace:
         num_nodes=tracer.num_nodes,
         order=order,
     )
+
+
+def token_dependent(ep: torch.export.ExportedProgram) -> set[str]:
+    """Names of the fx nodes whose value is computed from the user inputs (the token ids)."""
+    specs = ep.graph_signature.input_specs
+    placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
+    out = {n.name for n, spec in zip(placeholders, specs) if spec.kind == InputKind.USER_INPUT}
+    for node in ep.graph.nodes:
+        if node.op != "placeholder" and any(a.name in out for a in node.all_input_nodes):
+            out.add(node.name)
+    return out
+
+
+def annotate_token_lookups(sites: dict[str, list[dict]], ep: torch.export.ExportedProgram) -> None:
+    """Mark each ``embedding`` site ``by_tokens``: are its indices computed from the token ids?
+
+    A table looked up by the token ids holds vocabulary rows; one looked up by indices computed
+    without them (``arange`` positions, the attention mask) holds position rows.
+    """
+    dependent = token_dependent(ep)
+    for site in sites.get("embedding", []):
+        site["by_tokens"] = site.get("indices") in dependent
 
 
 def tied_aliases(model: nn.Module) -> dict[str, list[str]]:

@@ -173,8 +173,8 @@ def test_groups_found(traced, arch):
     assert hidden[0].layer is None and hidden[0].n_units == HIDDEN and not hidden[0].exact
     # the hidden group reaches every layer and the embedding
     assert {layer_of(m.param) for m in hidden[0].members} >= set(range(LAYERS)) | {None}
-    # nothing else is pruned by default: other groups are whole-model "channel" ones (vocab, positions)
-    assert {g.kind for g in t.groups if g.layer is None} <= {"hidden_channel", "channel"}
+    # nothing else is pruned by default: other groups are whole-model vocabulary and position rows
+    assert {g.kind for g in t.groups if g.layer is None} <= {"hidden_channel", "vocab", "position"}
     assert {g.layer for g in t.groups} == set(range(LAYERS)) | {None}
 
 

@@ -6,11 +6,16 @@ from ..layout import freeze
 from .registry import TensorInfo, register
 
 FACTORIES = [
-    "aten.arange", "aten.full", "aten.zeros", "aten.ones", "aten.empty", "aten.scalar_tensor",
+    "aten.full", "aten.zeros", "aten.ones", "aten.empty", "aten.scalar_tensor",
     "aten.new_ones", "aten.new_zeros", "aten.new_full", "aten.new_empty", "aten.zeros_like",
-    "aten.ones_like", "aten.full_like", "aten.empty_like", "aten.rand", "aten.randn", "aten.randint",
-    "aten.rand_like", "aten.randn_like", "aten.linspace", "aten.tensor", "aten.empty_strided",
-    "aten.empty_permuted", "aten.bernoulli", "aten.lift_fresh",
+    "aten.ones_like", "aten.full_like", "aten.empty_like", "aten.tensor", "aten.empty_strided",
+    "aten.empty_permuted", "aten.lift_fresh",
+]
+
+# factories whose value at a position depends on the position (or on a random draw per position)
+POSITIONAL_FACTORIES = [
+    "aten.arange", "aten.linspace", "aten.rand", "aten.randn", "aten.randint", "aten.rand_like",
+    "aten.randn_like", "aten.bernoulli",
 ]
 
 
@@ -18,6 +23,19 @@ FACTORIES = [
 def factory(tr, node, *args, **kwargs):
     """A new tensor whose values do not depend on any traced index space."""
     return tr.fresh(tr.out_shape(node), "const")
+
+
+@register(*POSITIONAL_FACTORIES)
+def positional_factory(tr, node, *args, **kwargs):
+    """A new tensor whose values differ per position, e.g. ``arange``: its axes are frozen.
+
+    Removing an index space coupled to them would shift the values the kept positions get
+    (Bloom's ALiBi slopes are ``base ** arange(1, heads + 1)``: pruning heads would give the kept
+    heads other slopes), so such an index space is never pruned.
+    """
+    info = tr.fresh(tr.out_shape(node), "const")
+    freeze(*info.axes)
+    return info
 
 
 @register(

@@ -9,7 +9,7 @@ or value-side feature factors are head dims (atomic).
 from __future__ import annotations
 
 from ..layout import Factor, Prod
-from .registry import TensorInfo, bind, register
+from .registry import TensorInfo, bind, register, unsupported
 
 
 def _param_name(node, i):
@@ -75,7 +75,14 @@ def baddbmm(tr, node, inp, a, b, *args, **kwargs):
 
 @register("aten.matmul")
 def matmul(tr, node, a, b):
+    """``a @ b`` in every rank combination; a 2-D ``b`` is a linear map of ``a``'s last axis.
+
+    ``x @ W.T`` (Falcon's ``FalconLinear``) is recorded as a ``linear`` site like ``aten.linear``,
+    so the channels between two such maps are MLP channels.
+    """
     shape = tr.out_shape(node)
+    if b.ndim == 2 and a.ndim >= 2:
+        tr.annotate("linear", weight=_param_name(node, 1), inp=b.axes[0], out=b.axes[1])
     if a.ndim == 1 and b.ndim == 1:
         tr.unify(a.axes[0], b.axes[0])
         return TensorInfo(shape, ())
@@ -108,6 +115,8 @@ def sdpa(tr, node, *args, **kwargs):
         tr.unify(q.axes[-3], k.axes[-3])
     elif hq % hk == 0:
         tr.unify(q.axes[-3], Prod((k.axes[-3], Factor(hq // hk, "expand"))))
+    else:
+        raise unsupported(node, f"{hq} query heads do not divide into {hk} key/value heads")
     tr.unify(q.axes[-1], k.axes[-1])
     tr.unify(k.axes[-2], v.axes[-2])
     heads = q.axes[-3]
@@ -129,7 +138,7 @@ def einsum(tr, node, equation, operands):
     lhs, rhs = equation.replace(" ", "").split("->")
     specs = lhs.split(",")
     if any("." in s for s in specs):
-        raise NotImplementedError(f"einsum with ellipsis is not supported: {equation!r} at {node.format_node()}")
+        raise unsupported(node, f"einsum with an ellipsis ({equation!r})")
     terms: dict[str, list] = {}
     for spec, op in zip(specs, operands):
         for letter, n, t in zip(spec, op.shape, op.axes):
@@ -145,6 +154,13 @@ def einsum(tr, node, equation, operands):
 
 @register("aten.embedding")
 def embedding(tr, node, weight, indices, *args, **kwargs):
-    """``W (vocab, dim)[ids]``: the output's last axis is the weight's feature axis."""
-    tr.annotate("embedding", weight=_param_name(node, 0), out=weight.axes[1])
+    """``W (rows, dim)[ids]``: the output's last axis is the weight's feature axis.
+
+    The site records the rows and the fx node of the indices, so that :func:`depgraph.trace`
+    can tell a table looked up by the token ids (vocabulary) from one looked up by positions.
+    """
+    if weight.ndim != 2:
+        raise unsupported(node, f"an embedding table of shape {weight.shape} (expected (rows, dim))")
+    tr.annotate("embedding", weight=_param_name(node, 0), out=weight.axes[1], rows=weight.axes[0],
+                indices=_param_name(node, 1))
     return TensorInfo(tr.out_shape(node), indices.axes + (weight.axes[1],))

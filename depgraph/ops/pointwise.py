@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .registry import TensorInfo, register
+from .registry import TensorInfo, register, unsupported
 
 UNARY = [
     "aten.neg", "aten.abs", "aten.exp", "aten.log", "aten.log1p", "aten.expm1", "aten.sqrt", "aten.rsqrt",
@@ -40,3 +40,18 @@ def broadcasting(tr, node, *args, **kwargs):
     tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, TensorInfo)]
     shape = tr.out_shape(node)
     return TensorInfo(shape, tr.broadcast(tensors, shape))
+
+
+@register("aten.prelu", "aten._prelu_kernel")
+def prelu(tr, node, x, weight):
+    """``max(0, x) + w * min(0, x)``: a per-channel ``w`` (``nn.PReLU(num_parameters=C)``) is indexed by
+    axis 1 of ``x`` (axis 0 of a 1-D ``x``) and is coupled to it; a single ``w`` is shared by every channel.
+    """
+    shape = tr.out_shape(node)
+    if weight.shape in ((), (1,)):
+        return TensorInfo(shape, tr.broadcast([x], shape))
+    channel = 1 if x.ndim >= 2 else 0
+    if weight.ndim != 1 or x.ndim == 0 or weight.shape[0] != x.shape[channel]:
+        raise unsupported(node, f"a PReLU weight of shape {weight.shape} for an input of shape {x.shape}")
+    tr.unify(x.axes[channel], weight.axes[0])
+    return TensorInfo(shape, tr.broadcast([x], shape))

@@ -26,6 +26,37 @@ Handler = Callable[..., Any]
 HANDLERS: dict[str, Handler] = {}
 
 
+class UnsupportedOpError(NotImplementedError):
+    """An op in the traced graph has no handler, or one whose shapes its handler does not understand.
+
+    Nothing about such an op is guessed; the message names the op, the fx node and its module.
+    """
+
+
+def module_path(node: Any) -> str:
+    """The owning module path of an fx node, from ``nn_module_stack`` (``"<root>"`` for the root)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return "<root>"
+    path = list(stack.values())[-1][0]
+    return path.replace("L['self'].", "").replace("L__self___", "") or "<root>"
+
+
+def unsupported(node: Any, what: str) -> UnsupportedOpError:
+    """The error a handler raises for a shape or argument it does not understand (``what``).
+
+    >>> import torch
+    >>> g = torch.fx.Graph()
+    >>> x = g.placeholder("x")
+    >>> node = g.call_function(torch.ops.aten.neg.default, (x,))
+    >>> print(unsupported(node, "a 5-D input"))
+    depgraph cannot handle aten.neg.default at node %neg_default : [num_users=0] = call_function[target=torch.ops.aten.neg.default](args = (%x,), kwargs = {}) in module '<root>': a 5-D input
+    """
+    return UnsupportedOpError(
+        f"depgraph cannot handle {op_key(node.target)} at node {node.format_node()} in module {module_path(node)!r}: {what}"
+    )
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """Abstract value of a tensor: its shape and the layout term of every axis."""
@@ -75,7 +106,7 @@ def bind(node: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
     """Arguments by schema name (``{"self": x, "dim": [-1], "keepdim": True}``), defaults filled in."""
     schema = getattr(node.target, "_schema", None)
     if schema is None:
-        raise TypeError(f"{op_key(node.target)} has no schema to bind arguments against")
+        raise unsupported(node, "the op has no schema to bind its arguments against")
     out: dict[str, Any] = {}
     for i, a in enumerate(schema.arguments):
         if i < len(args):

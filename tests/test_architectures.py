@@ -36,7 +36,9 @@ from zoo import (
     SEQ_SHAPE,
     VOCAB,
     exact_kinds,
+    logits,
     masked_reference,
+    n_params,
     random_plan,
     removed_masks,
 )
@@ -112,12 +114,6 @@ def batch():
     return torch.randint(3, VOCAB, SEQ_SHAPE, generator=torch.Generator().manual_seed(1234))
 
 
-def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        out = model(ids)
-    return out if isinstance(out, torch.Tensor) else out.logits
-
-
 def first_block(model: nn.Module) -> str:
     """Path of the module holding every layer-0 parameter (``model.layers.0``, ``transformer.h.0``)."""
     names = [n.split(".") for n, _ in model.named_parameters() if layer_of(n) == 0]
@@ -143,10 +139,6 @@ def block_input(model: nn.Module, path: str, ids: torch.Tensor) -> torch.Tensor:
     finally:
         handle.remove()
     return seen[0]
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())  # tied parameters once
 
 
 # -- 1. groups ---------------------------------------------------------------------------------

@@ -23,209 +23,30 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-import torch.nn.functional as F
-import transformers as T
-from test_architectures import (
+from torch import nn
+
+from depgraph import UnsupportedOpError, meta_copy, trace
+from depgraph.groups import KINDS, find_groups, layer_of
+from depgraph.ops import HANDLERS, register
+from pruners.pipeline import PruneConfig, prune
+from pruners.slicing.executor import execute
+
+from zoo import (
     ATOL,
     HEAD_DIM,
     HEADS,
     HIDDEN,
     LAYERS,
+    NANO_FFN,
+    NEW_ARCHS,
     SEQ_SHAPE,
-    TOKENS,
     VOCAB,
-    Arch,
-    CausalSelfAttention,
-    NanoConfig,
-    NanoGPT,
-    NanoMLP,
-    _hf,
     logits,
-    make_plan,
     masked_reference,
     n_params,
+    random_plan,
     removed_masks,
 )
-from torch import nn
-from transformers.modeling_outputs import CausalLMOutput
-
-from depgraph import UnsupportedOpError, meta_copy, trace
-from depgraph.groups import KINDS, find_groups, layer_of
-from depgraph.ops import HANDLERS, register
-from pruners.executor import execute
-from pruners.pipeline import PruneConfig, prune
-
-FFN = 80
-NANO_FFN = 4 * HIDDEN  # nanoGPT's and Bloom's MLP width
-
-# -- hand-written modules ------------------------------------------------------------------------
-
-
-class MultiQueryAttention(CausalSelfAttention):
-    """nanoGPT-style multi-query attention: ``c_attn`` gives all query heads, then one key and one value head."""
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * self.head_dim, bias=config.bias)
-
-    def forward(self, x):
-        B, T_, _ = x.size()
-        q, k, v = self.c_attn(x).split([self.n_head * self.head_dim, self.head_dim, self.head_dim], dim=2)
-        q = q.view(B, T_, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        k = k.view(B, T_, 1, self.head_dim).transpose(1, 2)  # (B, 1, T, hd): broadcast over the heads
-        v = v.view(B, T_, 1, self.head_dim).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hd)
-        y = y.transpose(1, 2).contiguous().view(B, T_, self.n_head * self.head_dim)
-        return self.c_proj(y)
-
-
-class InterleavedAlibiAttention(CausalSelfAttention):
-    """Bloom-style attention: ``c_attn`` rows are ``[q_h, k_h, v_h]`` per head h, ALiBi slopes stored per head."""
-
-    def __init__(self, config):
-        super().__init__(config)
-        n = self.n_head
-        self.register_buffer("alibi_slopes", torch.tensor([2.0 ** (-8.0 * (h + 1) / n) for h in range(n)]))
-
-    def forward(self, x):
-        B, T_, _ = x.size()
-        qkv = self.c_attn(x).view(B, T_, self.n_head, 3, self.head_dim)  # (B, T, nh, 3, hd)
-        q, k, v = (qkv[..., i, :].transpose(1, 2) for i in range(3))  # (B, nh, T, hd)
-        pos = torch.arange(T_, device=x.device)
-        distance = (pos[None, :] - pos[:, None]).to(x.dtype)  # (T, T)
-        bias = self.alibi_slopes[:, None, None] * distance  # (nh, T, T)
-        causal = torch.ones(T_, T_, dtype=torch.bool, device=x.device).tril()
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.masked_fill(~causal, float("-inf")))
-        y = y.transpose(1, 2).contiguous().view(B, T_, self.n_head * self.head_dim)
-        return self.c_proj(y)
-
-
-class LearnedSwish(nn.Module):
-    """``x * sigmoid(beta * x)`` with a learned ``beta`` (a scalar, or one per channel)."""
-
-    def __init__(self, shape=()):
-        super().__init__()
-        self.beta = nn.Parameter(torch.full(shape, 1.5))
-
-    def forward(self, x):
-        return x * torch.sigmoid(self.beta * x)
-
-
-class ActivationMLP(NanoMLP):
-    """nanoGPT's MLP with another activation, applied to ``(tokens, channels)`` (PReLU's channel axis is 1)."""
-
-    def __init__(self, config, activation: nn.Module):
-        super().__init__(config)
-        self.gelu = activation
-
-    def forward(self, x):
-        h = self.c_fc(x)  # (B, T, ffn)
-        B, T_, C = h.shape
-        return self.c_proj(self.gelu(h.reshape(B * T_, C)).view(B, T_, C))
-
-
-class NanoLM(NanoGPT):
-    """NanoGPT with the two things the pruning pipeline reads: ``.logits`` and ``get_input_embeddings``."""
-
-    def __init__(self, config, attention=CausalSelfAttention, activation=None):
-        super().__init__(config, attention)
-        if activation is not None:
-            for block in self.transformer.h:
-                with torch.no_grad():
-                    act = activation()
-                    for p in act.parameters():  # distinct per channel, so that slicing them matters
-                        p.copy_(torch.linspace(0.05, 0.95, p.numel()).reshape(p.shape))
-                block.mlp = ActivationMLP(config, act)
-
-    def get_input_embeddings(self):
-        return self.transformer.wte
-
-    def forward(self, idx):
-        return CausalLMOutput(logits=super().forward(idx))
-
-
-def _nano(attention=CausalSelfAttention, activation=None):
-    def build():
-        torch.manual_seed(0)
-        return NanoLM(NanoConfig(), attention, activation).eval()
-
-    return build
-
-
-# -- the architectures ---------------------------------------------------------------------------
-
-
-@dataclass
-class NewArch(Arch):
-    heads_frozen: bool = False  # attention heads can never be pruned (no head groups)
-    positions: int | None = None  # rows of a learned position embedding
-    activation_param: str | None = None  # "channel": a per-channel activation parameter joins the MLP group
-
-
-def _attn(q_rows: int, kv_rows: int, bias: bool) -> int:
-    """Parameters removed with one head: its q/k/v rows (and biases) and its o columns."""
-    return (q_rows + kv_rows) * HIDDEN + (q_rows + kv_rows) * bias + q_rows * HIDDEN
-
-
-def _mlp(bias: bool, extra: int = 0) -> int:
-    """Parameters removed with one plain-MLP channel: an fc1 row (and bias), an fc2 column, ``extra``."""
-    return 2 * HIDDEN + bias + extra
-
-
-_MHA = dict(kv_heads=None, head_dim=HEAD_DIM, query_params=None)
-NEW_ARCHS: dict[str, NewArch] = {
-    # multi-query: a unit is one query head (q rows, o columns); the one shared KV head is kept
-    "gpt_bigcode_mq": NewArch(
-        _hf(T.GPTBigCodeConfig, T.GPTBigCodeForCausalLM, vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS,
-            n_head=HEADS, n_inner=FFN, n_positions=64, multi_query=True, **TOKENS),
-        mlp=FFN, head_params=_attn(HEAD_DIM, 0, True), mlp_params=_mlp(True), positions=64, **_MHA,
-    ),
-    "nanogpt_mq": NewArch(
-        _nano(MultiQueryAttention), mlp=NANO_FFN, head_params=_attn(HEAD_DIM, 0, True), mlp_params=_mlp(True),
-        hf=False, positions=32, **_MHA,
-    ),
-    # fused qkv interleaved per head, parallel attention + GELU MLP, x @ W.T linear layers, no biases
-    "falcon": NewArch(
-        _hf(T.FalconConfig, T.FalconForCausalLM, vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
-            num_attention_heads=HEADS, ffn_hidden_size=FFN, multi_query=False, parallel_attn=True,
-            new_decoder_architecture=False, alibi=False, **TOKENS),
-        mlp=FFN, head_params=_attn(HEAD_DIM, 2 * HEAD_DIM, False), mlp_params=_mlp(False), **_MHA,
-    ),
-    "nanogpt_interleaved_alibi": NewArch(
-        _nano(InterleavedAlibiAttention), mlp=NANO_FFN, head_params=_attn(HEAD_DIM, 2 * HEAD_DIM, True),
-        mlp_params=_mlp(True), hf=False, positions=32, **_MHA,
-    ),
-    "bloom": NewArch(
-        _hf(T.BloomConfig, T.BloomForCausalLM, vocab_size=VOCAB, hidden_size=HIDDEN, n_layer=LAYERS, n_head=HEADS,
-            **TOKENS),
-        mlp=NANO_FFN, head_params=0, mlp_params=_mlp(True), heads_frozen=True, **_MHA,
-    ),
-    # parallel attention + plain GELU MLP
-    "gptj": NewArch(
-        _hf(T.GPTJConfig, T.GPTJForCausalLM, vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS,
-            n_inner=FFN, n_positions=64, rotary_dim=4, **TOKENS),
-        mlp=FFN, head_params=_attn(HEAD_DIM, 2 * HEAD_DIM, False), mlp_params=_mlp(True), **_MHA,
-    ),
-    "phi": NewArch(
-        _hf(T.PhiConfig, T.PhiForCausalLM, vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
-            num_attention_heads=HEADS, intermediate_size=FFN, max_position_embeddings=64, **TOKENS),
-        mlp=FFN, head_params=_attn(HEAD_DIM, 2 * HEAD_DIM, True), mlp_params=_mlp(True), **_MHA,
-    ),
-    # activations with learned parameters: per channel (one more parameter per MLP channel) or scalar
-    "nanogpt_prelu": NewArch(
-        _nano(activation=lambda: nn.PReLU(num_parameters=NANO_FFN)), mlp=NANO_FFN,
-        head_params=_attn(HEAD_DIM, 2 * HEAD_DIM, True), mlp_params=_mlp(True, extra=1), hf=False, positions=32,
-        activation_param="channel", **_MHA,
-    ),
-    "nanogpt_prelu_scalar": NewArch(
-        _nano(activation=nn.PReLU), mlp=NANO_FFN, head_params=_attn(HEAD_DIM, 2 * HEAD_DIM, True),
-        mlp_params=_mlp(True), hf=False, positions=32, activation_param="scalar", **_MHA,
-    ),
-    "nanogpt_swish_scalar": NewArch(
-        _nano(activation=LearnedSwish), mlp=NANO_FFN, head_params=_attn(HEAD_DIM, 2 * HEAD_DIM, True),
-        mlp_params=_mlp(True), hf=False, positions=32, activation_param="scalar", **_MHA,
-    ),
-}
 
 
 def kinds_of(arch: str) -> list[str]:
@@ -273,7 +94,7 @@ def pruned(traced):
     def get(arch: str, kind: str) -> Pruned:
         if (arch, kind) not in cache:
             t = traced(arch)
-            keep = make_plan(t.groups, kind)
+            keep = random_plan(t.groups, kind)
             model, record = execute(t.model, t.trace, t.groups, keep)
             cache[(arch, kind)] = Pruned(model.eval(), record, keep)
         return cache[(arch, kind)]
@@ -398,7 +219,7 @@ def test_generate_with_cache(pruned, batch, arch, kind):
 
 @pytest.mark.parametrize("arch,kind", HF_CASES)
 def test_save_load_round_trip(pruned, batch, arch, kind, tmp_path):
-    from pruners.checkpoint import load_model, save_pruned
+    from pruners.io.checkpoint import load_model, save_pruned
 
     p = pruned(arch, kind)
     out = save_pruned(p.model, tmp_path / "out", p.record)

@@ -31,7 +31,7 @@ def resolve_layers(bounds: tuple[LayerBound, LayerBound] | None, n_layers: int) 
     >>> resolve_layers((-100, -2), 8)
     Traceback (most recent call last):
     ...
-    pruners.slicing.executor.PlanError: layer bound -100 is out of range for a model with 8 layers: use an index in -8..8 or a fraction in [0, 1]
+    pruners.errors.PlanError: layer bound -100 is out of range for a model with 8 layers: use an index in -8..8 or a fraction in [0, 1]
     """
     if bounds is None:
         return set(range(n_layers))

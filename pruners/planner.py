@@ -8,14 +8,16 @@ Parameters are counted exactly (:class:`~depgraph.groups.ParamCount`): a plan's
 and an entry where two removed units cross (a hidden channel and an MLP channel of one
 ``gate_proj``) once.  Under ``ratio`` the plan lands within half a step of the target, a step
 being the largest single removal of any planned group: one unit, one query head in every KV
-group, or ``round_to`` units.  A ratio beyond the largest reduction the kinds can reach while
-every group keeps ``min_units`` is refused, naming that reduction.
+group, or ``round_to`` units.  A ratio whose target lies further than that beyond the largest
+reduction the kinds can reach while every group keeps ``min_units`` is refused, naming that
+reduction.
 
 - ``uniform`` (default): every planned group -- of every kind, the model-wide hidden-channel
   group included -- loses the same fraction of its units (rounded per group), as Torch-Pruning's
-  uniform ratio.  The fraction is solved against the exact count, and the groups whose
-  rounding is next to grow take that one step more, lowest scores first, until the remainder
-  is closed; so fractions differ by at most one step between groups.  Under ``kind_ratios``
+  uniform ratio.  The fraction is solved against the exact count; then each group may take one
+  step more, in the order its rounding would grow with the fraction, skipping a step that
+  overshoots by more than it closes, until the remainder is closed.  So a group's fraction
+  differs from the solved one by rounding and at most one step.  Under ``kind_ratios``
   every planned group of a kind loses that kind's fraction.
 - ``global``: units leave lowest normalised score first (each group's scores divided by their
   mean), across layers and kinds, each charged its exact cost at the time it leaves; under
@@ -265,6 +267,11 @@ def _step_params(g: Group, round_to: int) -> int:
     return units * g.unit_params
 
 
+def _half_step(chosen: Sequence[Group], round_to: int) -> float:
+    """How far a ``ratio`` plan may land from its target: half the largest step of any planned group."""
+    return max(_step_params(g, round_to) for g in chosen) / 2
+
+
 def _removal_order(g: Group, s: np.ndarray) -> np.ndarray:
     """The units of ``g`` in the order they go: lowest score first, ties by index.
 
@@ -412,17 +419,23 @@ def _uniform_counts(
     grown = _greedy(steps, target, count)
     best = {gid: k + len(grown.get(gid, ())) for gid, k in base.items()}
     total = count.total
-    if target - total > max(_step_params(g, r) for g in chosen):
-        cap = counts(_sup(lambda rho: not any(_too_much(g, rho, min_units, r) for g in chosen))[1])
-        g = next(g for g in chosen if not _keeps_enough(g, cap[g.id], min_units))
-        where = f"layer {g.layer}" if g.layer is not None else "the model"
-        what = (
-            f"remove every {g.kind} unit of {where}" if min_units == 1
-            else f"leave fewer than --min-units {min_units} {g.kind} units in {where}"
-        )
-        why = f"when every group loses the same fraction (a larger one would {what}, {g.n_units} units)"
-        raise _unreachable(config, target, total, total_params, why, ", use --strategy global")
+    if target - total > _half_step(chosen, r):
+        raise _unreachable(config, target, total, total_params, _uniform_limit(chosen, min_units, r), ", use --strategy global")
     return best
+
+
+def _uniform_limit(chosen: Sequence[Group], min_units: int, round_to: int) -> str:
+    """Why one fraction for every group can go no further: the group it would take below ``min_units``."""
+    beyond = _sup(lambda rho: not any(_too_much(h, rho, min_units, round_to) for h in chosen))[1]
+    g = next((g for g in chosen if _too_much(g, beyond, min_units, round_to)), None)
+    if g is None:  # rounding keeps round_to units of every group: the fraction is at its end
+        return "when every group loses the same fraction"
+    where = f"layer {g.layer}" if g.layer is not None else "the model"
+    what = (
+        f"remove every {g.kind} unit of {where}" if min_units == 1
+        else f"leave fewer than --min-units {min_units} {g.kind} units in {where}"
+    )
+    return f"when every group loses the same fraction (a larger one would {what}, {g.n_units} units)"
 
 
 def plan_uniform(
@@ -435,9 +448,9 @@ def plan_uniform(
     every kind -- hidden channels, heads and MLP channels alike, as Torch-Pruning's uniform ratio
     -- solved so that the parameters removed, counted exactly (:class:`~depgraph.groups.ParamCount`:
     a weight entry where a removed hidden channel crosses a removed MLP channel counts once),
-    meet the target: the rounded fraction falls short by less than one step of the groups whose
-    rounding is next to grow, and those groups then take one more step each, lowest normalised
-    score first, while that brings the total closer.  The result is within half the largest step
+    meet the target: the largest fraction whose rounded removals stay within the target, then
+    one more step for some groups to close the remainder (see :func:`_uniform_counts`).  The
+    result is within half the largest step
     of any planned group (one unit; one query head per KV group; ``round_to`` units) of the
     target.  A target that the fraction cannot reach before some group falls below ``min_units``
     is refused, naming the largest reachable reduction.
@@ -555,7 +568,7 @@ def plan_global(
         target = _target(config, total_params)
         steps = _global_steps(chosen, scores, config.min_units, config.round_to)
         most = _capacity(steps, count)
-        if target > most:
+        if target - most > _half_step(chosen, config.round_to):
             raise _unreachable(config, target, most, total_params, f"while every group keeps --min-units {config.min_units}")
         count.reset()
         removed = _greedy(steps, target, count)

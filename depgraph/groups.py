@@ -180,7 +180,7 @@ class ParamCount:
     >>> count = ParamCount([mlp, hidden])
     >>> count.removed({"m": [0, 1], "h": [2]})  # 2 rows and 1 column of a 4 x 3 weight: 12 - 2 * 2
     8
-    >>> count.reset(); count.take("m", [0, 1]), count.cost("h", [2]), count.total
+    >>> count.reset(); count.take({"m": [0, 1]}), count.cost({"h": [2]}), count.total
     (6, 2, 6)
     """
 
@@ -213,26 +213,25 @@ class ParamCount:
         kept = [n - self._cut.get((param, a), 0) - extra.get((param, a), 0) for a, n in enumerate(self._shape[param])]
         return math.prod(kept)
 
-    def _delta(self, gid: str, units) -> dict[tuple[str, int], int]:
-        idx = np.asarray(list(units), dtype=np.int64)
+    def _delta(self, units: dict) -> dict[tuple[str, int], int]:
         delta: dict[tuple[str, int], int] = {}
-        for param, axis, per_unit in self._cuts[gid]:
-            delta[(param, axis)] = delta.get((param, axis), 0) + int(per_unit[idx].sum())
+        for gid, us in units.items():
+            idx = np.asarray(list(us), dtype=np.int64)
+            for param, axis, per_unit in self._cuts.get(gid, ()):
+                delta[(param, axis)] = delta.get((param, axis), 0) + int(per_unit[idx].sum())
         return delta
 
-    def cost(self, gid: str, units) -> int:
-        """Parameters that removing ``units`` of group ``gid`` would remove now (nothing changes)."""
-        if gid in self._flat:
-            return len(list(units)) * self._flat[gid]
-        delta = self._delta(gid, units)
-        return sum(self._numel(p) - self._numel(p, delta) for p in {p for p, _ in delta})
+    def cost(self, units: dict) -> int:
+        """Parameters that removing ``units[group id]`` of each group would remove now (nothing changes)."""
+        flat = sum(len(list(us)) * self._flat[gid] for gid, us in units.items() if gid in self._flat)
+        delta = self._delta(units)
+        return flat + sum(self._numel(p) - self._numel(p, delta) for p in {p for p, _ in delta})
 
-    def take(self, gid: str, units) -> int:
-        """Remove ``units`` of group ``gid``; returns the parameters that removes (``total`` grows by it)."""
-        cost = self.cost(gid, units)
-        if gid not in self._flat:
-            for key, n in self._delta(gid, units).items():
-                self._cut[key] = self._cut.get(key, 0) + n
+    def take(self, units: dict) -> int:
+        """Remove ``units[group id]`` of each group; returns the parameters that removes (``total`` grows by it)."""
+        cost = self.cost(units)
+        for key, n in self._delta(units).items():
+            self._cut[key] = self._cut.get(key, 0) + n
         self.total += cost
         return cost
 
@@ -240,13 +239,10 @@ class ParamCount:
         """Back to nothing removed."""
         self._cut, self.total = {}, 0
 
-    def removed(self, units) -> int:
+    def removed(self, units: dict) -> int:
         """Parameters removed with ``units[group id]`` of each group, counted from scratch (the state is reset)."""
         self.reset()
-        for gid, us in units.items():
-            self.take(gid, us)
-        return self.total
-
+        return self.take(units)
 
 def segments(t) -> list[frozenset]:
     """The distinct sets of factors that index one position of a layout.

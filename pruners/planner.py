@@ -6,18 +6,20 @@ explicit fraction of **units** per kind (``kind_ratios``, LLM-Pruner's per-layer
 Parameters are counted exactly (:class:`~depgraph.groups.ParamCount`): a plan's
 ``params_removed`` is what slicing removes, tied weights once, norm weights and biases included,
 and an entry where two removed units cross (a hidden channel and an MLP channel of one
-``gate_proj``) once.  Under ``ratio`` the plan lands within half a step of the target, a step
-being the largest single removal of any planned group: one unit, one query head in every KV
-group, or ``round_to`` units.  A ratio whose target lies further than that beyond the largest
-reduction the kinds can reach while every group keeps ``min_units`` is refused, naming that
-reduction.
+``gate_proj``) once.  Under ``ratio`` the plan lands within half a step of the target.  A
+step is the largest single removal of any planned group -- one unit, one query head in every
+KV group, or ``round_to`` units -- under ``global``; under ``uniform``, where groups of one kind
+and size move in lockstep, one such removal in each of them (e.g. an MLP channel in every
+layer).  A ratio whose target lies further than that beyond the largest reduction the kinds
+can reach while every group keeps ``min_units`` is refused, naming that reduction.
 
 - ``uniform`` (default): every planned group -- of every kind, the model-wide hidden-channel
   group included -- loses the same fraction of its units (rounded per group), as Torch-Pruning's
   uniform ratio.  The fraction is solved against the exact count; then each group may take one
   step more, in the order its rounding would grow with the fraction, skipping a step that
   overshoots by more than it closes, until the remainder is closed.  So a group's fraction
-  differs from the solved one by rounding and at most one step.  Under ``kind_ratios``
+  differs from the solved one by rounding and at most one step, and groups of one kind and size
+  (every layer's MLP channels) keep equal sizes, which a model config can express.  Under ``kind_ratios``
   every planned group of a kind loses that kind's fraction.
 - ``global``: units leave lowest normalised score first (each group's scores divided by their
   mean), across layers and kinds, each charged its exact cost at the time it leaves; under
@@ -246,7 +248,7 @@ def _step_sizes(g: Group, min_units: int, round_to: int = 1) -> list[int]:
     A step is one unit, one query head of every KV group, or (``round_to``) down to the next
     multiple of ``round_to`` kept units.
 
-    >>> from depgraph.groups import Group, ParamCount
+    >>> from depgraph.groups import Group
     >>> _step_sizes(Group("m", "mlp_channel", 0, 20, [], 1, True, ()), 1, 8)
     [4, 8]
     >>> _step_sizes(Group("q", "query_head", 0, 8, [], 1, True, (), 4), 2)
@@ -267,9 +269,16 @@ def _step_params(g: Group, round_to: int) -> int:
     return units * g.unit_params
 
 
-def _half_step(chosen: Sequence[Group], round_to: int) -> float:
-    """How far a ``ratio`` plan may land from its target: half the largest step of any planned group."""
-    return max(_step_params(g, round_to) for g in chosen) / 2
+def _half_step(chosen: Sequence[Group], round_to: int, lockstep: bool = False) -> float:
+    """How far a ``ratio`` plan may land from its target: half the largest step of any planned group,
+    or (``lockstep``, the uniform strategy) of all the groups of one kind and size together."""
+    if not lockstep:
+        return max(_step_params(g, round_to) for g in chosen) / 2
+    together: dict[tuple, int] = {}
+    for g in chosen:
+        key = (g.kind, g.n_units, g.unit_params)
+        together[key] = together.get(key, 0) + _step_params(g, round_to)
+    return max(together.values()) / 2
 
 
 def _removal_order(g: Group, s: np.ndarray) -> np.ndarray:
@@ -278,7 +287,7 @@ def _removal_order(g: Group, s: np.ndarray) -> np.ndarray:
     For query heads: the lowest of every KV group, then the second lowest of every KV group, ...,
     so the first ``k * blocks`` are ``k`` heads from each KV group.
 
-    >>> from depgraph.groups import Group, ParamCount
+    >>> from depgraph.groups import Group
     >>> _removal_order(Group("q", "query_head", 0, 4, [], 1, True, (), 2), np.array([2.0, 1, 0, 3])).tolist()
     [1, 2, 0, 3]
     """
@@ -389,10 +398,11 @@ def _uniform_counts(
 
     The base is the largest fraction whose rounded removals stay within the target (and keep
     ``min_units`` everywhere).  Each group may then take one more step, in the order its rounded
-    count would grow with the fraction (ties: lowest normalised score first), as :func:`_greedy`
-    takes steps: a step that overshoots by more than stopping short falls short is skipped.
-    So every group loses the base fraction or one step more, and the total lands within half the
-    largest step of the target unless every group has taken its step.
+    count would grow with the fraction, as :func:`_greedy` takes steps: a step that overshoots
+    by more than stopping short falls short is skipped.  Groups of one kind and size (the MLP
+    channels of every layer) step together, so identical layers keep identical sizes (a config
+    can then express them).  So every group loses the base fraction or one step more, and the
+    total lands within half the largest such lockstep step of the target.
     """
     r, min_units = config.round_to, config.min_units
 
@@ -408,18 +418,23 @@ def _uniform_counts(
 
     base = counts(_sup(fits)[0])
     norm = {g.id: _normalised(np.asarray(scores[g.id], dtype=np.float64)) for g in chosen}
-    steps = []  # (fraction at which g's rounded count next grows, its step's normalised score, order, g, count)
-    for i, g in enumerate(chosen):
-        at = _sup(lambda rho, g=g: _removed_units(g, rho, r) <= base[g.id])[1]
+    batches: dict[tuple, list[tuple[float, Group, np.ndarray]]] = {}  # (fraction, kind, size) -> the next steps
+    for g in chosen:
+        at = _sup(lambda rho, g=g: _removed_units(g, rho, r) <= base[g.id])[1]  # where g's rounding next grows
         k = _removed_units(g, at, r)
         if k > base[g.id] and _keeps_enough(g, k, min_units):
-            steps.append((at, float(norm[g.id][orders[g.id][base[g.id] : k]].mean()), i, g, orders[g.id][base[g.id] : k]))
+            units = orders[g.id][base[g.id] : k]
+            batches.setdefault((at, g.kind, g.n_units, g.unit_params), []).append((float(norm[g.id][units].mean()), g, units))
+    steps = [
+        (key[0], float(np.mean([score for score, _, _ in batch])), i, str(i), {g.id: units.tolist() for _, g, units in batch})
+        for i, (key, batch) in enumerate(batches.items())
+    ]
     steps.sort(key=lambda t: t[:3])
     params(base)  # count now holds base
     grown = _greedy(steps, target, count)
     best = {gid: k + len(grown.get(gid, ())) for gid, k in base.items()}
     total = count.total
-    if target - total > _half_step(chosen, r):
+    if target - total > _half_step(chosen, r, lockstep=True):
         raise _unreachable(config, target, total, total_params, _uniform_limit(chosen, min_units, r), ", use --strategy global")
     return best
 
@@ -449,10 +464,10 @@ def plan_uniform(
     -- solved so that the parameters removed, counted exactly (:class:`~depgraph.groups.ParamCount`:
     a weight entry where a removed hidden channel crosses a removed MLP channel counts once),
     meet the target: the largest fraction whose rounded removals stay within the target, then
-    one more step for some groups to close the remainder (see :func:`_uniform_counts`).  The
-    result is within half the largest step
-    of any planned group (one unit; one query head per KV group; ``round_to`` units) of the
-    target.  A target that the fraction cannot reach before some group falls below ``min_units``
+    one more step for some groups to close the remainder, groups of one kind and size together
+    (see :func:`_uniform_counts`).  The result is within half the largest lockstep step of the
+    target: one step (one unit; one query head per KV group; ``round_to`` units) in each group
+    of one kind and size.  A target that the fraction cannot reach before some group falls below ``min_units``
     is refused, naming the largest reachable reduction.
     """
     pairs = _planned(groups, config)
@@ -479,8 +494,8 @@ def plan_uniform(
 
 def _global_steps(
     chosen: Sequence[Group], scores: Mapping[str, np.ndarray], min_units: int, round_to: int = 1
-) -> list[tuple[float, int, int, Group, list[int]]]:
-    """Removal steps ``(normalised score, group order, rank, group, units)``, lowest first.
+) -> list[tuple[float, int, int, str, dict[str, list[int]]]]:
+    """Removal steps ``(normalised score, group order, rank, group id, {group id: units})``, lowest first.
 
     Each group's scores are divided by their mean magnitude; a step's score is the mean of its
     units' (see :func:`_step_sizes` for what a step takes).  Within a group the steps keep their
@@ -493,7 +508,7 @@ def _global_steps(
         for i, size in enumerate(_step_sizes(g, min_units, round_to)):
             units = order[start : start + size]
             start += size
-            steps.append((float(norm[units].mean()), gi, i, g, units.tolist()))
+            steps.append((float(norm[units].mean()), gi, i, g.id, {g.id: units.tolist()}))
     steps.sort(key=lambda t: t[:3])
     return steps
 
@@ -504,42 +519,48 @@ class _UnitCount:
     def __init__(self):
         self.total = 0
 
-    def cost(self, gid: str, units) -> int:
-        return len(units)
+    def cost(self, units: Mapping[str, Sequence[int]]) -> int:
+        return sum(len(us) for us in units.values())
 
-    def take(self, gid: str, units) -> int:
-        self.total += len(units)
-        return len(units)
+    def take(self, units: Mapping[str, Sequence[int]]) -> int:
+        self.total += self.cost(units)
+        return self.cost(units)
+
+    def removed(self, units: Mapping[str, Sequence[int]]) -> int:
+        return self.cost(units)
 
 
 def _greedy(steps: Sequence[tuple], target: int, count: ParamCount | _UnitCount) -> dict[str, list[int]]:
-    """Units to remove per group: the steps lowest first until ``count.total`` reaches ``target``.
+    """Units to remove per group: the steps, lowest first, until ``count.total`` reaches ``target``.
 
-    A step that would overshoot by more than stopping short falls short is skipped, and its
-    group takes no further step; later (costlier or higher-scored) steps of other groups may
-    still close the gap.  ``count`` is charged the exact cost of each step taken.
+    A step is ``(*sort key, name, {group id: units})``.  A step that would overshoot by more
+    than stopping short falls short is skipped, and no later step of that name is taken (a
+    group's steps share its id as name); later steps of other names may still close the gap.
+    ``count`` is charged the exact cost of each step taken.
     """
     removed: dict[str, list[int]] = {}
     closed: set[str] = set()
-    for *_, g, units in steps:
+    for *_, name, units in steps:
         if count.total >= target:
             break
-        if g.id in closed:
+        if name in closed:
             continue
-        if count.total + count.cost(g.id, units) - target > target - count.total:
-            closed.add(g.id)
+        if count.total + count.cost(units) - target > target - count.total:
+            closed.add(name)
             continue
-        count.take(g.id, units)
-        removed.setdefault(g.id, []).extend(units)
+        count.take(units)
+        for gid, us in units.items():
+            removed.setdefault(gid, []).extend(us)
     return removed
 
 
 def _capacity(steps: Sequence[tuple], count: ParamCount | _UnitCount) -> int:
-    """What ``count`` removes when every step is taken (every group down to ``min_units``); resets a ParamCount."""
+    """What ``count`` removes when every step is taken (every group down to ``min_units``); resets ``count``."""
     every: dict[str, list[int]] = {}
-    for *_, g, units in steps:
-        every.setdefault(g.id, []).extend(units)
-    return count.removed(every) if isinstance(count, ParamCount) else sum(len(u) for u in every.values())
+    for *_, units in steps:
+        for gid, us in units.items():
+            every.setdefault(gid, []).extend(us)
+    return count.removed(every)
 
 
 def plan_global(

@@ -99,7 +99,16 @@ def step_params(g, round_to=1) -> int:
 
 
 def tolerance(groups, config) -> int:
-    return max(step_params(g, config.round_to) for g in select_groups(groups, config.kinds, config.layers))
+    """The largest step: of one group under ``global``; of all groups of one kind and size together
+    under ``uniform``, where they move in lockstep so that identical layers keep identical sizes."""
+    planned = select_groups(groups, config.kinds, config.layers)
+    if config.strategy == "global":
+        return max(step_params(g, config.round_to) for g in planned)
+    together: dict[tuple, int] = {}
+    for g in planned:
+        key = (g.kind, g.n_units, g.unit_params)
+        together[key] = together.get(key, 0) + step_params(g, config.round_to)
+    return max(together.values())
 
 
 # -- 1. counts derived by hand ----------------------------------------------------------------
@@ -262,7 +271,7 @@ def test_every_ratio_lands_on_a_biased_gqa_model(ratio, kinds, strategy):
 @given(ratio=st.floats(0.05, 0.9), kinds=st.sampled_from([[H, M], [H, A, M], [H, Q, M], [A, M]]))
 def test_uniform_means_one_fraction_up_to_a_step(stories_groups, ratio, kinds):
     """Every planned group, the model-wide hidden group included, loses the same fraction of its
-    units, up to rounding and one step."""
+    units, up to rounding and one step; groups of one kind and size lose the same number."""
     config = PlannerConfig(ratio=ratio, kinds=kinds)
     plan = check_plan_or_refusal(stories_groups, config, STORIES_PARAMS)
     if plan is None:
@@ -273,3 +282,7 @@ def test_uniform_means_one_fraction_up_to_a_step(stories_groups, ratio, kinds):
     lo = max(frac[g.id] - 1.5 / size[g.id] for g in planned)  # rounding and one step, as fractions
     hi = min(frac[g.id] + 0.5 / size[g.id] for g in planned)
     assert lo <= hi + 1e-12, frac  # some fraction rho explains every group's count
+    sizes: dict[tuple, set] = {}
+    for g in planned:  # identical layers keep identical sizes (a model config can express them)
+        sizes.setdefault((g.kind, g.n_units), set()).add(len(plan.keep.get(g.id, range(g.n_units))))
+    assert all(len(kept) == 1 for kept in sizes.values()), sizes

@@ -286,3 +286,19 @@ def test_uniform_means_one_fraction_up_to_a_step(stories_groups, ratio, kinds):
     for g in planned:  # identical layers keep identical sizes (a model config can express them)
         sizes.setdefault((g.kind, g.n_units), set()).add(len(plan.keep.get(g.id, range(g.n_units))))
     assert all(len(kept) == 1 for kept in sizes.values()), sizes
+
+
+@pytest.mark.parametrize(
+    "strategy,why",
+    [
+        ("global", "while every group keeps --min-units 1; lower --ratio or add --kinds"),
+        ("uniform", r"when every group loses the same fraction \(a larger one would remove every mlp_channel unit of "
+                    r"layer 0, 172 units\); lower --ratio, use --strategy global or add --kinds"),
+    ],
+)
+def test_an_unreachable_ratio_names_the_largest_reduction(stories_groups, strategy, why):
+    most = 5 * 171 * 192  # every layer down to one MLP channel of 3 x 64 weights
+    message = (f"ratio 0.9 asks to remove {round(0.9 * STORIES_PARAMS)} parameters, which cannot be reached: "
+               f"kinds ['mlp_channel'] can remove at most {most} ({most / STORIES_PARAMS:.1%} of the model) {why}")
+    with pytest.raises(PlanError, match=f"^{re.escape(message[:message.index(why)])}{why}$"):
+        make_plan(stories_groups, random_scores(stories_groups), PlannerConfig(ratio=0.9, kinds=[M], strategy=strategy), STORIES_PARAMS)

@@ -33,6 +33,7 @@ the per-layer kinds and ``hidden_channel``, plus ``attention`` (KV groups, else 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ class Member:
     axis: int
     unit_of: np.ndarray = field(repr=False, compare=False)
     kind: str = "param"  # or "buffer"
+    shape: tuple[int, ...] = field(default=(), compare=False)  # the whole tensor's shape; () when unknown
 
     def indices(self, unit: int) -> np.ndarray:
         """Positions of this axis that belong to ``unit``."""
@@ -67,6 +69,10 @@ class Member:
 
     def units_per_position(self) -> int:
         return int(np.count_nonzero(self.unit_of >= 0))
+
+    def positions_per_unit(self, n_units: int) -> np.ndarray:
+        """How many positions of this axis each of ``n_units`` units owns."""
+        return np.bincount(self.unit_of[self.unit_of >= 0], minlength=n_units)
 
 
 @dataclass
@@ -86,6 +92,19 @@ class Group:
     @property
     def params(self) -> int:
         return self.unit_params * self.n_units
+
+    @property
+    def blocked(self) -> bool:
+        """Whether the units come in equal blocks that lose units in equal numbers (query heads per KV group)."""
+        return self.kind == "query_head" and bool(self.units_per_block)
+
+    @property
+    def blocks(self) -> int:
+        """The number of blocks (KV groups of a query-head group); 1 for a group that is not :attr:`blocked`.
+
+        Block ``b`` holds units ``b * units_per_block`` up to ``(b + 1) * units_per_block``.
+        """
+        return self.n_units // self.units_per_block if self.blocked else 1
 
     def summary(self) -> dict:
         return {
@@ -138,7 +157,7 @@ def _members(G: nx.DiGraph, factor_nodes: tuple, order: dict[str, int]) -> list[
     for node in sorted(axes, key=lambda n: (order.get(n[1], len(order)), n[1], n[2])):
         unit_of = _unit_index(G, node, factor_nodes, radices)
         if unit_of is not None and (unit_of >= 0).any():
-            out.append(Member(node[1], node[2], unit_of, node[0]))
+            out.append(Member(node[1], node[2], unit_of, node[0], tuple(G.nodes[node]["shape"])))
     return out
 
 
@@ -157,6 +176,89 @@ def _unit_params(members: list[Member], shapes: dict[str, tuple[int, ...]]) -> i
         total += int(np.prod(shape)) - int(np.prod(kept))
     return total
 
+
+class ParamCount:
+    """Exact count of the parameters removed with units of some groups, removed together or step by step.
+
+    Every parameter a group cuts is counted as the product of its kept axis sizes, so an entry
+    where two removed units cross (the ``gate_proj`` weight of a removed hidden channel and a
+    removed MLP channel) is removed once, not once per unit; norm weights and biases are members
+    like any other; a tied weight (embedding and LM head) is one parameter under its canonical
+    name.  With no cross terms this is ``Group.unit_params`` per removed unit.  A group without
+    shaped parameter members (built by hand) counts ``unit_params`` per unit.  Groups counted
+    together must not own the same position of an axis (KV groups and query heads of one layer
+    do: plan one or the other).
+
+    >>> from depgraph.groups import Group, Member
+    >>> rows, cols = np.arange(4), np.arange(3)
+    >>> mlp = Group("m", "mlp_channel", 0, 4, [Member("w", 0, rows, shape=(4, 3))], 3, True, ())
+    >>> hidden = Group("h", "hidden_channel", None, 3, [Member("w", 1, cols, shape=(4, 3))], 4, False, ())
+    >>> count = ParamCount([mlp, hidden])
+    >>> count.removed({"m": [0, 1], "h": [2]})  # 2 rows and 1 column of a 4 x 3 weight: 12 - 2 * 2
+    8
+    >>> count.reset(); count.take({"m": [0, 1]}), count.cost({"h": [2]}), count.total
+    (6, 2, 6)
+    """
+
+    def __init__(self, groups: list[Group]):
+        self._shape: dict[str, tuple[int, ...]] = {}
+        self._cuts: dict[str, list[tuple[str, int, np.ndarray]]] = {}  # group id -> (param, axis, positions per unit)
+        self._flat: dict[str, int] = {}  # group id -> unit_params, for groups without shaped members
+        owned_by: dict[tuple[str, int], tuple[str, np.ndarray]] = {}  # (param, axis) -> a group, positions owned
+        for g in groups:
+            members = [m for m in g.members if m.kind == "param"]
+            if not members or any(not m.shape for m in members):
+                self._flat[g.id] = g.unit_params
+                continue
+            self._cuts[g.id] = []
+            for m in members:
+                self._shape[m.param] = m.shape
+                self._cuts[g.id].append((m.param, m.axis, m.positions_per_unit(g.n_units)))
+                other, taken = owned_by.get((m.param, m.axis), (g.id, np.zeros(len(m.unit_of), dtype=bool)))
+                if other != g.id and (taken & (m.unit_of >= 0)).any():
+                    raise ValueError(
+                        f"groups {other} and {g.id} own the same positions of {m.param} axis {m.axis}; "
+                        "their removed parameters cannot be counted apart (plan one or the other)"
+                    )
+                owned_by[(m.param, m.axis)] = (g.id, taken | (m.unit_of >= 0))
+        self._cut: dict[tuple[str, int], int] = {}
+        self.total = 0
+
+    def _numel(self, param: str, extra: dict[tuple[str, int], int] | None = None) -> int:
+        extra = extra or {}
+        kept = [n - self._cut.get((param, a), 0) - extra.get((param, a), 0) for a, n in enumerate(self._shape[param])]
+        return math.prod(kept)
+
+    def _delta(self, units: dict) -> dict[tuple[str, int], int]:
+        delta: dict[tuple[str, int], int] = {}
+        for gid, us in units.items():
+            idx = np.asarray(list(us), dtype=np.int64)
+            for param, axis, per_unit in self._cuts.get(gid, ()):
+                delta[(param, axis)] = delta.get((param, axis), 0) + int(per_unit[idx].sum())
+        return delta
+
+    def cost(self, units: dict) -> int:
+        """Parameters that removing ``units[group id]`` of each group would remove now (nothing changes)."""
+        flat = sum(len(list(us)) * self._flat[gid] for gid, us in units.items() if gid in self._flat)
+        delta = self._delta(units)
+        return flat + sum(self._numel(p) - self._numel(p, delta) for p in {p for p, _ in delta})
+
+    def take(self, units: dict) -> int:
+        """Remove ``units[group id]`` of each group; returns the parameters that removes (``total`` grows by it)."""
+        cost = self.cost(units)
+        for key, n in self._delta(units).items():
+            self._cut[key] = self._cut.get(key, 0) + n
+        self.total += cost
+        return cost
+
+    def reset(self) -> None:
+        """Back to nothing removed."""
+        self._cut, self.total = {}, 0
+
+    def removed(self, units: dict) -> int:
+        """Parameters removed with ``units[group id]`` of each group, counted from scratch (the state is reset)."""
+        self.reset()
+        return self.take(units)
 
 def segments(t) -> list[frozenset]:
     """The distinct sets of factors that index one position of a layout.

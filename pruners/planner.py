@@ -1,11 +1,32 @@
 """The planner: turn a pruning target and unit scores into kept units per group.
 
 The target is either a fraction of the model's **parameters** to remove (``ratio``) or an
-explicit fraction of **units** per kind (``kind_ratios``, LLM-Pruner's per-layer ratio).  Under
-``ratio`` the default uniform strategy gives every planned group the same fraction of its units
-(rounded per group), solved so the parameters removed match the target as closely as rounding
-allows; under ``kind_ratios`` every planned group of a kind loses that kind's fraction.  The
-lowest-scoring units go; ties are broken by unit index, so plans are deterministic.
+explicit fraction of **units** per kind (``kind_ratios``, LLM-Pruner's per-layer ratio).
+
+Parameters are counted exactly (:class:`~depgraph.groups.ParamCount`): a plan's
+``params_removed`` is what slicing removes, tied weights once, norm weights and biases included,
+and an entry where two removed units cross (a hidden channel and an MLP channel of one
+``gate_proj``) once.  Under ``ratio`` the plan lands within half a step of the target.  A
+step is the largest single removal of any planned group -- one unit, one query head in every
+KV group, or ``round_to`` units -- under ``global``; under ``uniform``, where groups of one kind
+and size move in lockstep, one such removal in each of them (e.g. an MLP channel in every
+layer).  A ratio whose target lies further than that beyond the largest reduction the kinds
+can reach while every group keeps ``min_units`` is refused, naming that reduction.
+
+- ``uniform`` (default): every planned group -- of every kind, the model-wide hidden-channel
+  group included -- loses the same fraction of its units (rounded per group), as Torch-Pruning's
+  uniform ratio.  The fraction is solved against the exact count; then each group may take one
+  step more, in the order its rounding would grow with the fraction, skipping a step that
+  overshoots by more than it closes, until the remainder is closed.  So a group's fraction
+  differs from the solved one by rounding and at most one step, and groups of one kind and size
+  (every layer's MLP channels) keep equal sizes, which a model config can express.  Under ``kind_ratios``
+  every planned group of a kind loses that kind's fraction.
+- ``global``: units leave lowest normalised score first (each group's scores divided by their
+  mean), across layers and kinds, each charged its exact cost at the time it leaves; under
+  ``kind_ratios``, ranked within each kind.
+
+The lowest-scoring units of a group go first; ties are broken by unit index, so plans are
+deterministic.
 """
 
 from __future__ import annotations
@@ -15,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from depgraph.groups import Group
+from depgraph.groups import Group, ParamCount
 
 from .config import LayerBound, PlannerConfig
 from .errors import PlanError
@@ -54,8 +75,11 @@ def resolve_layers(bounds: tuple[LayerBound, LayerBound] | None, n_layers: int) 
 
 @dataclass
 class Plan:
-    """Kept units per pruned group; ``group_ratio`` is the fraction of the planned groups' units removed
-    (under ``ratio`` with the uniform strategy: the one fraction every group loses)."""
+    """Kept units per pruned group; ``group_ratio`` is the fraction of the planned groups' units removed.
+
+    ``params_removed`` is exact (what slicing the plan removes); ``by_kind`` gives per kind the
+    planned units, the removed units and the parameters its removed units alone would remove.
+    """
 
     keep: dict[str, list[int]]
     group_ratio: float
@@ -105,31 +129,94 @@ def _round_kept(kept: int, n: int, round_to: int, at_least: int = 1) -> int:
 
 
 def _removed_units(g: Group, rho: float, round_to: int = 1) -> int:
-    if g.kind == "query_head" and g.units_per_block:
-        return round(rho * g.units_per_block) * (g.n_units // g.units_per_block)
+    """Units of ``g`` the fraction ``rho`` removes (rounded per group; query heads: per KV group)."""
+    if g.blocked:
+        return round(rho * g.units_per_block) * g.blocks
     return g.n_units - _round_kept(g.n_units - round(rho * g.n_units), g.n_units, round_to)
 
 
-def _removed_params(groups: Sequence[Group], rho: float, round_to: int = 1) -> int:
-    return sum(_removed_units(g, rho, round_to) * g.unit_params for g in groups)
+def _keeps_enough(g: Group, n_remove: int, min_units: int) -> bool:
+    """Whether ``g`` keeps ``min_units`` units (query heads: per KV group) after losing ``n_remove``."""
+    return (g.n_units - n_remove) // g.blocks >= min_units
 
 
 def _too_much(g: Group, rho: float, min_units: int, round_to: int = 1) -> bool:
-    if g.kind == "query_head" and g.units_per_block:
-        return g.units_per_block - round(rho * g.units_per_block) < min_units
-    return g.n_units - _removed_units(g, rho, round_to) < min_units
+    return not _keeps_enough(g, _removed_units(g, rho, round_to), min_units)
 
 
-def solve_ratio(groups: Sequence[Group], target: int, round_to: int = 1) -> float:
-    """The uniform unit fraction whose rounded removals come closest to ``target`` parameters."""
+def _step_sizes(g: Group, min_units: int, round_to: int = 1) -> list[int]:
+    """Units each successive removal step of ``g`` takes, none leaving fewer than ``min_units``.
+
+    A step is one unit, one query head of every KV group, or (``round_to``) down to the next
+    multiple of ``round_to`` kept units.
+
+    >>> from depgraph.groups import Group
+    >>> _step_sizes(Group("m", "mlp_channel", 0, 20, [], 1, True, ()), 1, 8)
+    [4, 8]
+    >>> _step_sizes(Group("q", "query_head", 0, 8, [], 1, True, (), 4), 2)
+    [2, 2]
+    """
+    if g.blocked:
+        return [g.blocks] * max(0, g.units_per_block - min_units)
+    n = g.n_units
+    if round_to <= 1 or n < round_to:
+        return [1] * max(0, n - min_units)
+    kept = list(range((n - 1) // round_to * round_to, -(-min_units // round_to) * round_to - 1, -round_to))
+    return [before - after for before, after in zip([n, *kept], kept)]
+
+
+def _step_params(g: Group, round_to: int) -> int:
+    """An upper bound on the parameters one removal step of ``g`` takes (see :func:`_step_sizes`)."""
+    units = g.blocks if g.blocked else round_to if round_to > 1 and g.n_units >= round_to else 1
+    return units * g.unit_params
+
+
+def _half_step(chosen: Sequence[Group], round_to: int, lockstep: bool = False) -> float:
+    """How far a ``ratio`` plan may land from its target: half the largest step of any planned group,
+    or (``lockstep``, the uniform strategy) of all the groups of one kind and size together."""
+    if not lockstep:
+        return max(_step_params(g, round_to) for g in chosen) / 2
+    together: dict[tuple, int] = {}
+    for g in chosen:
+        key = (g.kind, g.n_units, g.unit_params)
+        together[key] = together.get(key, 0) + _step_params(g, round_to)
+    return max(together.values()) / 2
+
+
+def _removal_order(g: Group, s: np.ndarray) -> np.ndarray:
+    """The units of ``g`` in the order they go: lowest score first, ties by index.
+
+    For query heads: the lowest of every KV group, then the second lowest of every KV group, ...,
+    so the first ``k * blocks`` are ``k`` heads from each KV group.
+
+    >>> from depgraph.groups import Group
+    >>> _removal_order(Group("q", "query_head", 0, 4, [], 1, True, (), 2), np.array([2.0, 1, 0, 3])).tolist()
+    [1, 2, 0, 3]
+    """
+    if not g.blocked:
+        return np.argsort(s, kind="stable")
+    per = g.units_per_block
+    ranked = np.stack([b * per + np.argsort(s[b * per : (b + 1) * per], kind="stable") for b in range(g.blocks)])
+    return ranked.T.reshape(-1)  # (per * blocks,): round by round across the KV groups
+
+
+def _normalised(s: np.ndarray) -> np.ndarray:
+    """Scores divided by their mean magnitude, so that groups of different scales compare."""
+    return s / (np.abs(s).mean() + 1e-30)
+
+
+def _sup(holds: Callable[[float], bool]) -> tuple[float, float]:
+    """``(lo, hi)``: ``holds(lo)`` and not ``holds(hi)``, ``hi - lo`` tiny, for ``holds`` true on [0, x) and false after.
+
+    ``(1.0, 1.0)`` when ``holds(1.0)``.
+    """
+    if holds(1.0):
+        return 1.0, 1.0
     lo, hi = 0.0, 1.0
-    for _ in range(60):
+    for _ in range(52):
         mid = (lo + hi) / 2
-        if _removed_params(groups, mid, round_to) >= target:
-            hi = mid
-        else:
-            lo = mid
-    return min((lo, hi), key=lambda r: (abs(_removed_params(groups, r, round_to) - target), r))
+        lo, hi = (mid, hi) if holds(mid) else (lo, mid)
+    return lo, hi
 
 
 def _asked(config: PlannerConfig, kind: str | None = None) -> tuple[str, str]:
@@ -159,71 +246,142 @@ def _planned(groups: Sequence[Group], config: PlannerConfig) -> list[tuple[Group
     return pairs
 
 
-def _chosen(groups: Sequence[Group], config: PlannerConfig, total_params: int) -> tuple[list[Group], int]:
-    """The planned groups and the parameters ``config.ratio`` asks to remove from them."""
-    chosen = [g for g, _ in _planned(groups, config)]
+def _target(config: PlannerConfig, total_params: int) -> int:
+    """The parameters ``config.ratio`` asks to remove."""
     target = round(config.ratio * total_params)
     if target == 0:
         raise PlanError(f"ratio {config.ratio} of {total_params} parameters removes none; give a larger --ratio")
-    capacity = sum(g.unit_params * g.n_units for g in chosen)
-    if target >= capacity:
-        raise PlanError(
-            f"ratio {config.ratio} asks to remove {target} parameters but kinds {config.kinds} hold only "
-            f"{capacity} ({capacity / total_params:.1%} of the model); lower --ratio or add --kinds"
-        )
-    return chosen, target
+    return target
 
 
-def _lowest(g: Group, s: np.ndarray, n_remove: int) -> list[int]:
-    """Kept units after removing the ``n_remove`` lowest scores (per KV group for query heads)."""
-    if g.kind == "query_head" and g.units_per_block:
-        per = g.units_per_block
-        drop = n_remove // (g.n_units // per)
-        kept = []
-        for b in range(g.n_units // per):
-            block = np.arange(b * per, (b + 1) * per)
-            kept.extend(block[np.argsort(s[block], kind="stable")][drop:].tolist())
-        return sorted(kept)
-    return sorted(np.argsort(s, kind="stable")[n_remove:].tolist())
+def _unreachable(config: PlannerConfig, target: int, most: int, total_params: int, why: str, hint: str = "") -> PlanError:
+    """The refusal of a ``ratio`` whose target lies beyond the largest reachable reduction ``most``."""
+    return PlanError(
+        f"ratio {config.ratio} asks to remove {target} parameters, which cannot be reached: kinds {config.kinds} "
+        f"can remove at most {most} ({most / total_params:.1%} of the model) {why}; lower --ratio{hint} or add --kinds"
+    )
 
 
-def _finish(chosen: Sequence[Group], keep: dict[str, list[int]], group_ratio: float | None = None) -> Plan:
-    """The plan with its totals; ``group_ratio`` defaults to the fraction of ``chosen``'s units removed."""
+def _finish(chosen: Sequence[Group], keep: dict[str, list[int]], count: ParamCount) -> Plan:
+    """The plan with its totals, counted exactly by ``count`` (a :class:`ParamCount` of ``chosen``).
+
+    ``by_kind[kind]["removed_params"]`` counts that kind's units alone: an entry where a removed
+    hidden channel crosses a removed MLP channel is in both kinds' figures, once in ``params_removed``.
+    """
+    removed = {g.id: sorted(set(range(g.n_units)) - set(keep[g.id])) for g in chosen if g.id in keep}
     by_kind: dict[str, dict[str, int]] = {}
-    removed_total = 0
     for g in chosen:
-        if g.id not in keep:
-            continue
-        removed = (g.n_units - len(keep[g.id])) * g.unit_params
-        removed_total += removed
-        stats = by_kind.setdefault(g.kind, {"units": 0, "removed_units": 0, "removed_params": 0})
-        stats["units"] += g.n_units
-        stats["removed_units"] += g.n_units - len(keep[g.id])
-        stats["removed_params"] += removed
-    if group_ratio is None:
-        units = sum(g.n_units for g in chosen)
-        group_ratio = sum(g.n_units - len(keep.get(g.id, range(g.n_units))) for g in chosen) / units
-    return Plan(keep=keep, group_ratio=group_ratio, params_removed=removed_total, by_kind=by_kind)
+        if g.id in removed:
+            stats = by_kind.setdefault(g.kind, {"units": 0, "removed_units": 0, "removed_params": 0})
+            stats["units"] += g.n_units
+            stats["removed_units"] += len(removed[g.id])
+    for kind, stats in by_kind.items():
+        stats["removed_params"] = count.removed({g.id: removed[g.id] for g in chosen if g.kind == kind and g.id in removed})
+    units = sum(g.n_units for g in chosen)
+    group_ratio = sum(len(r) for r in removed.values()) / units
+    return Plan(keep=keep, group_ratio=group_ratio, params_removed=count.removed(removed), by_kind=by_kind)
 
 
-def _uniform_ratios(
-    groups: Sequence[Group], config: PlannerConfig, total_params: int
-) -> list[tuple[Group, float, str | None]]:
-    """Each planned group, the fraction of its units to remove, and its ``kind_ratios`` key (None under ``ratio``)."""
-    if config.kind_ratios is None:
-        chosen, target = _chosen(groups, config, total_params)
-        rho = solve_ratio(chosen, target, config.round_to)
-        return [(g, rho, None) for g in chosen]
-    return [(g, config.kind_ratios[kind], kind) for g, kind in _planned(groups, config)]
+def _keep_from_counts(chosen: Sequence[Group], orders: Mapping[str, np.ndarray], counts: Mapping[str, int]) -> dict[str, list[int]]:
+    """Kept units per group once the first ``counts[group id]`` units of its removal order go."""
+    return {g.id: sorted(orders[g.id][counts[g.id] :].tolist()) for g in chosen if counts.get(g.id)}
+
+
+def _uniform_counts(
+    chosen: Sequence[Group],
+    scores: Mapping[str, np.ndarray],
+    orders: Mapping[str, np.ndarray],
+    config: PlannerConfig,
+    target: int,
+    count: ParamCount,
+    total_params: int,
+) -> dict[str, int]:
+    """Units to remove per group: the one fraction meeting ``target`` parameters, the remainder in steps.
+
+    The base is the largest fraction whose rounded removals stay within the target (and keep
+    ``min_units`` everywhere).  Each group may then take one more step, in the order its rounded
+    count would grow with the fraction, as :func:`_greedy` takes steps: a step that overshoots
+    by more than stopping short falls short is skipped.  Groups of one kind and size (the MLP
+    channels of every layer) step together, so identical layers keep identical sizes (a config
+    can then express them).  So every group loses the base fraction or one step more, and the
+    total lands within half the largest such lockstep step of the target.
+    """
+    r, min_units = config.round_to, config.min_units
+
+    def counts(rho: float) -> dict[str, int]:
+        return {g.id: _removed_units(g, rho, r) for g in chosen}
+
+    def params(c: Mapping[str, int]) -> int:
+        return count.removed({gid: orders[gid][:k] for gid, k in c.items() if k})
+
+    def fits(rho: float) -> bool:
+        c = counts(rho)
+        return all(_keeps_enough(g, c[g.id], min_units) for g in chosen) and params(c) <= target
+
+    base = counts(_sup(fits)[0])
+    norm = {g.id: _normalised(np.asarray(scores[g.id], dtype=np.float64)) for g in chosen}
+    batches: dict[tuple, list[tuple[float, Group, np.ndarray]]] = {}  # (fraction, kind, size) -> the next steps
+    for g in chosen:
+        at = _sup(lambda rho, g=g: _removed_units(g, rho, r) <= base[g.id])[1]  # where g's rounding next grows
+        k = _removed_units(g, at, r)
+        if k > base[g.id] and _keeps_enough(g, k, min_units):
+            units = orders[g.id][base[g.id] : k]
+            batches.setdefault((at, g.kind, g.n_units, g.unit_params), []).append((float(norm[g.id][units].mean()), g, units))
+    steps = [
+        (key[0], float(np.mean([score for score, _, _ in batch])), i, str(i), {g.id: units.tolist() for _, g, units in batch})
+        for i, (key, batch) in enumerate(batches.items())
+    ]
+    steps.sort(key=lambda t: t[:3])
+    params(base)  # count now holds base
+    grown = _greedy(steps, target, count)
+    best = {gid: k + len(grown.get(gid, ())) for gid, k in base.items()}
+    total = count.total
+    if target - total > _half_step(chosen, r, lockstep=True):
+        raise _unreachable(config, target, total, total_params, _uniform_limit(chosen, min_units, r), ", use --strategy global")
+    return best
+
+
+def _uniform_limit(chosen: Sequence[Group], min_units: int, round_to: int) -> str:
+    """Why one fraction for every group can go no further: the group it would take below ``min_units``."""
+    beyond = _sup(lambda rho: not any(_too_much(h, rho, min_units, round_to) for h in chosen))[1]
+    g = next((g for g in chosen if _too_much(g, beyond, min_units, round_to)), None)
+    if g is None:  # rounding keeps round_to units of every group: the fraction is at its end
+        return "when every group loses the same fraction"
+    where = f"layer {g.layer}" if g.layer is not None else "the model"
+    what = (
+        f"remove every {g.kind} unit of {where}" if min_units == 1
+        else f"leave fewer than --min-units {min_units} {g.kind} units in {where}"
+    )
+    return f"when every group loses the same fraction (a larger one would {what}, {g.n_units} units)"
 
 
 def plan_uniform(
     groups: Sequence[Group], scores: Mapping[str, np.ndarray], config: PlannerConfig, total_params: int
 ) -> Plan:
-    """Every planned group loses the same fraction of its units: the one hitting ``config.ratio``, or its kind's
-    ``config.kind_ratios`` entry (query heads: that fraction of each KV group's heads)."""
-    planned = _uniform_ratios(groups, config, total_params)
-    for g, rho, kind in planned:
+    """Every planned group loses the same fraction of its units, the lowest-scoring ones.
+
+    Under ``config.kind_ratios`` the fraction is its kind's entry (query heads: that fraction of
+    each KV group's heads).  Under ``config.ratio`` it is one fraction for every planned group of
+    every kind -- hidden channels, heads and MLP channels alike, as Torch-Pruning's uniform ratio
+    -- solved so that the parameters removed, counted exactly (:class:`~depgraph.groups.ParamCount`:
+    a weight entry where a removed hidden channel crosses a removed MLP channel counts once),
+    meet the target: the largest fraction whose rounded removals stay within the target, then
+    one more step for some groups to close the remainder, groups of one kind and size together
+    (see :func:`_uniform_counts`).  The result is within half the largest lockstep step of the
+    target: one step (one unit; one query head per KV group; ``round_to`` units) in each group
+    of one kind and size.  A target that the fraction cannot reach before some group falls below ``min_units``
+    is refused, naming the largest reachable reduction.
+    """
+    pairs = _planned(groups, config)
+    chosen = [g for g, _ in pairs]
+    count = ParamCount(chosen)
+    orders = {g.id: _removal_order(g, np.asarray(scores[g.id], dtype=np.float64)) for g in chosen}
+    if config.kind_ratios is None:
+        target = _target(config, total_params)
+        n_remove = _uniform_counts(chosen, scores, orders, config, target, count, total_params)
+        return _finish(chosen, _keep_from_counts(chosen, orders, n_remove), count)
+    for g, kind in pairs:
+        rho = config.kind_ratios[kind]
         if _too_much(g, rho, config.min_units, config.round_to):
             asked, flag = _asked(config, kind)
             where = f"layer {g.layer}" if g.layer is not None else "the model"
@@ -231,106 +389,124 @@ def plan_uniform(
                 f"remove every {g.kind} unit of {where}" if config.min_units == 1
                 else f"leave fewer than --min-units {config.min_units} {g.kind} units in {where}"
             )
-            hint = f"lower {flag}" + (" or prune other --kinds" if kind is None else "")
-            raise PlanError(f"{asked} would {what} ({g.n_units} units, group ratio {rho:.3f}); {hint}")
-    keep = {}
-    for g, rho, _ in planned:
-        k = _removed_units(g, rho, config.round_to)
-        if k:
-            keep[g.id] = _lowest(g, np.asarray(scores[g.id], dtype=np.float64), k)
-    chosen = [g for g, _, _ in planned]
-    return _finish(chosen, keep, planned[0][1] if config.kind_ratios is None else None)
+            raise PlanError(f"{asked} would {what} ({g.n_units} units, group ratio {rho:.3f}); lower {flag}")
+    n_remove = {g.id: _removed_units(g, config.kind_ratios[kind], config.round_to) for g, kind in pairs}
+    return _finish(chosen, _keep_from_counts(chosen, orders, n_remove), count)
 
 
-def _global_steps(chosen: Sequence[Group], scores: Mapping[str, np.ndarray], min_units: int) -> list[tuple]:
-    """Removal steps ``(normalised score, group order, rank, group, units)``, lowest first.
+def _global_steps(
+    chosen: Sequence[Group], scores: Mapping[str, np.ndarray], min_units: int, round_to: int = 1
+) -> list[tuple[float, int, int, str, dict[str, list[int]]]]:
+    """Removal steps ``(normalised score, group order, rank, group id, {group id: units})``, lowest first.
 
-    Each group's scores are divided by their mean; a query-head step takes one head per KV group.
-    No step takes a group below ``min_units``.
+    Each group's scores are divided by their mean magnitude; a step's score is the mean of its
+    units' (see :func:`_step_sizes` for what a step takes).  Within a group the steps keep their
+    order, so a group always loses its lowest-scoring units.
     """
     steps = []
     for gi, g in enumerate(chosen):
         s = np.asarray(scores[g.id], dtype=np.float64)
-        norm = s / (np.abs(s).mean() + 1e-30)
-        if g.kind == "query_head" and g.units_per_block:
-            per, blocks = g.units_per_block, g.n_units // g.units_per_block
-            ranked = [np.arange(b * per, (b + 1) * per)[np.argsort(s[b * per : (b + 1) * per], kind="stable")] for b in range(blocks)]
-            for i in range(per - min_units):
-                units = [int(r[i]) for r in ranked]
-                steps.append((float(norm[units].mean()), gi, i, g, units))
-        else:
-            order = np.argsort(s, kind="stable")
-            for i, u in enumerate(order[: g.n_units - min_units]):
-                steps.append((float(norm[u]), gi, i, g, [int(u)]))
-    steps.sort(key=lambda t: (t[0], t[1], t[2]))
+        norm, order, start = _normalised(s), _removal_order(g, s), 0
+        for i, size in enumerate(_step_sizes(g, min_units, round_to)):
+            units = order[start : start + size]
+            start += size
+            steps.append((float(norm[units].mean()), gi, i, g.id, {g.id: units.tolist()}))
+    steps.sort(key=lambda t: t[:3])
     return steps
 
 
-def _global_removed(
-    chosen: Sequence[Group],
-    scores: Mapping[str, np.ndarray],
-    config: PlannerConfig,
-    target: int,
-    cost: Callable[[Group, int], int],
-    kind: str | None = None,
-) -> dict[str, list[int]]:
-    """Units to remove per group: the lowest steps until their ``cost(group, n_units)`` sums to ``target``.
+class _UnitCount:
+    """:class:`ParamCount`'s interface, counting removed units instead of parameters."""
 
-    Stops short when one more step would overshoot by more than stopping does; raises when the
-    steps run out first.
+    def __init__(self):
+        self.total = 0
+
+    def cost(self, units: Mapping[str, Sequence[int]]) -> int:
+        return sum(len(us) for us in units.values())
+
+    def take(self, units: Mapping[str, Sequence[int]]) -> int:
+        self.total += self.cost(units)
+        return self.cost(units)
+
+    def removed(self, units: Mapping[str, Sequence[int]]) -> int:
+        return self.cost(units)
+
+
+def _greedy(steps: Sequence[tuple], target: int, count: ParamCount | _UnitCount) -> dict[str, list[int]]:
+    """Units to remove per group: the steps, lowest first, until ``count.total`` reaches ``target``.
+
+    A step is ``(*sort key, name, {group id: units})``.  A step that would overshoot by more
+    than stopping short falls short is skipped, and no later step of that name is taken (a
+    group's steps share its id as name); later steps of other names may still close the gap.
+    ``count`` is charged the exact cost of each step taken.
     """
     removed: dict[str, list[int]] = {}
-    total = 0
-    for *_, g, units in _global_steps(chosen, scores, config.min_units):
-        if total >= target:
+    closed: set[str] = set()
+    for *_, name, units in steps:
+        if count.total >= target:
             break
-        nxt = total + cost(g, len(units))
-        if abs(nxt - target) > abs(total - target) and total > 0:
-            break  # one more step overshoots by more than stopping short
-        removed.setdefault(g.id, []).extend(units)
-        total = nxt
-    else:
-        if total < target * 0.999:
-            asked, flag = _asked(config, kind)
-            raise PlanError(f"{asked} cannot be reached while every group keeps {config.min_units} unit(s); lower {flag}")
+        if name in closed:
+            continue
+        if count.total + count.cost(units) - target > target - count.total:
+            closed.add(name)
+            continue
+        count.take(units)
+        for gid, us in units.items():
+            removed.setdefault(gid, []).extend(us)
     return removed
+
+
+def _capacity(steps: Sequence[tuple], count: ParamCount | _UnitCount) -> int:
+    """What ``count`` removes when every step is taken (every group down to ``min_units``); resets ``count``."""
+    every: dict[str, list[int]] = {}
+    for *_, units in steps:
+        for gid, us in units.items():
+            every.setdefault(gid, []).extend(us)
+    return count.removed(every)
 
 
 def plan_global(
     groups: Sequence[Group], scores: Mapping[str, np.ndarray], config: PlannerConfig, total_params: int
 ) -> Plan:
-    """Remove the lowest normalised scores across layers until ``config.ratio`` of the parameters is reached,
-    or, per kind, until ``config.kind_ratios[kind]`` of that kind's planned units is.
+    """Remove the lowest normalised scores across layers and kinds until ``config.ratio`` of the parameters is
+    reached, or, per kind, until ``config.kind_ratios[kind]`` of that kind's planned units is.
 
-    Each group's scores are divided by their mean, so layers with larger raw scores do not
-    shield all their units.  Query heads leave in steps of one head per KV group; every group
-    keeps ``min_units``; ``round_to`` then rounds each group's kept count.
+    Each group's scores are divided by their mean magnitude, so layers and kinds with larger
+    raw scores do not shield all their units.  Ranking by that normalised score is ranking by
+    score per parameter when every group's importance is taken to be proportional to its
+    parameters (``score / sum(scores) * group.params / unit_params`` is ``score / mean``), which
+    keeps kinds of very different unit sizes comparable: a hidden channel (thousands of
+    parameters) and an MLP channel (hundreds) of average importance in their groups rank alike.
+    Each step is charged its exact parameter cost at the time it is taken
+    (:class:`~depgraph.groups.ParamCount`), so a hidden channel costs less once MLP channels it
+    crosses are gone.  The plan lands within half the largest step of any planned group of the
+    target (see :func:`_greedy`); a target beyond what every group down to ``min_units`` removes
+    is refused, naming that largest reduction.  Query heads leave in steps of one head per KV
+    group; with ``round_to`` a step takes a group down to the next multiple of ``round_to``.
     """
+    pairs = _planned(groups, config)
+    chosen = [g for g, _ in pairs]
+    count = ParamCount(chosen)
     if config.kind_ratios is None:
-        chosen, target = _chosen(groups, config, total_params)
-        removed = _global_removed(chosen, scores, config, target, lambda g, n: n * g.unit_params)
+        target = _target(config, total_params)
+        steps = _global_steps(chosen, scores, config.min_units, config.round_to)
+        most = _capacity(steps, count)
+        if target - most > _half_step(chosen, config.round_to):
+            raise _unreachable(config, target, most, total_params, f"while every group keeps --min-units {config.min_units}")
+        count.reset()
+        removed = _greedy(steps, target, count)
     else:
-        pairs = _planned(groups, config)
-        chosen, removed = [g for g, _ in pairs], {}
+        removed = {}
         for kind, r in config.kind_ratios.items():
             of_kind = [g for g, k in pairs if k == kind]
             target = round(r * sum(g.n_units for g in of_kind))
-            removed |= _global_removed(of_kind, scores, config, target, lambda g, n: n, kind)
-    return _finish(chosen, _rounded_keep(chosen, removed, scores, config))
-
-
-def _rounded_keep(
-    chosen: Sequence[Group], removed: Mapping[str, list[int]], scores: Mapping[str, np.ndarray], config: PlannerConfig
-) -> dict[str, list[int]]:
-    """Kept units per group once each group's kept count is rounded to ``config.round_to`` (not below ``min_units``)."""
-    keep = {}
-    for g in chosen:
-        n_remove = len(removed.get(g.id, ()))
-        if n_remove and not (g.kind == "query_head" and g.units_per_block):
-            n_remove = g.n_units - _round_kept(g.n_units - n_remove, g.n_units, config.round_to, config.min_units)
-        if n_remove:
-            keep[g.id] = _lowest(g, np.asarray(scores[g.id], dtype=np.float64), n_remove)
-    return keep
+            steps = _global_steps(of_kind, scores, config.min_units, config.round_to)
+            if target > _capacity(steps, _UnitCount()):
+                asked, flag = _asked(config, kind)
+                raise PlanError(f"{asked} cannot be reached while every group keeps {config.min_units} unit(s); lower {flag}")
+            removed |= _greedy(steps, target, _UnitCount())
+    keep = {g.id: sorted(set(range(g.n_units)) - set(removed[g.id])) for g in chosen if removed.get(g.id)}
+    return _finish(chosen, keep, count)
 
 
 STRATEGIES = {"uniform": plan_uniform, "global": plan_global}

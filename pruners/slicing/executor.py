@@ -67,8 +67,8 @@ def validate_keep(groups: Sequence[Group], keep: Mapping[str, Sequence[int]]) ->
             raise PlanError(f"the plan removes every {g.kind} unit of {where} (group {gid}); keep at least one")
         if u.min() < 0 or u.max() >= g.n_units:
             raise PlanError(f"group {gid} has units 0..{g.n_units - 1}; got {u.min()}..{u.max()}")
-        if g.kind == "query_head" and g.units_per_block:
-            blocks = np.bincount(u // g.units_per_block, minlength=g.n_units // g.units_per_block)
+        if g.blocked:
+            blocks = np.bincount(u // g.units_per_block, minlength=g.blocks)
             live = blocks[blocks > 0]
             if len(set(live.tolist())) > 1:
                 raise PlanError(

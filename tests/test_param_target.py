@@ -12,8 +12,6 @@ model (stories260K and tiny models of several architectures), and property tests
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,14 +20,13 @@ from hypothesis import strategies as st
 
 from depgraph import meta_copy, trace
 from depgraph.groups import ParamCount, find_groups
-from pruners.executor import PlanError, execute
+from pruners.errors import PlanError
 from pruners.pipeline import count_params
 from pruners.planner import PlannerConfig, make_plan, select_groups
+from pruners.slicing.executor import execute
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_architectures import ARCHS  # noqa: E402  (the tiny models of the oracle tests)
+from zoo import ARCHS, STORIES, require_shared
 
-STORIES = Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K"
 STORIES_PARAMS = 260032
 
 
@@ -56,9 +53,8 @@ def gpt2_params(hidden=48, mlp=80, heads=6) -> int:
 @pytest.fixture(scope="module")
 def stories_groups():
     """stories260K's groups, traced on the meta device from its config (no weights read)."""
-    if not STORIES.is_dir():
-        pytest.skip("../shared/models is not present")
-    from pruners.checkpoint import load_model
+    require_shared(STORIES)
+    from pruners.io.checkpoint import load_model
 
     return find_groups(trace(load_model(STORIES, weights=False)))
 
@@ -187,9 +183,8 @@ def test_planned_parameters_are_the_executed_models(arch, kinds, strategy):
 def test_stories_lands_on_the_ratio(ratio, kinds, strategy):
     """The reported misses: 0.3497 and 0.6624 with hidden and MLP channels left 176,150 and 115,064
     parameters for targets of 169,099 and 87,787."""
-    if not STORIES.is_dir():
-        pytest.skip("../shared/models is not present")
-    from pruners.checkpoint import load_model
+    require_shared(STORIES)
+    from pruners.io.checkpoint import load_model
 
     model = load_model(STORIES)
     tr = trace(meta_copy(model))

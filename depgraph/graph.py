@@ -134,8 +134,3 @@ def axes_containing(G: nx.DiGraph, factor: Hashable, kinds: tuple[str, ...] = ("
         (n for n in nx.ancestors(G, factor) if G.nodes[n]["kind"] in kinds),
         key=lambda n: (n[0], n[1], n[2]),
     )
-
-
-def factors_of(G: nx.DiGraph, node: Hashable) -> list[Hashable]:
-    """The factor nodes below ``node``."""
-    return [n for n in nx.descendants(G, node) | {node} if G.nodes[n]["kind"] == "factor"]

@@ -67,9 +67,6 @@ class Member:
         """Positions of this axis that belong to ``unit``."""
         return np.flatnonzero(self.unit_of == unit)
 
-    def units_per_position(self) -> int:
-        return int(np.count_nonzero(self.unit_of >= 0))
-
     def positions_per_unit(self, n_units: int) -> np.ndarray:
         """How many positions of this axis each of ``n_units`` units owns."""
         return np.bincount(self.unit_of[self.unit_of >= 0], minlength=n_units)
@@ -85,7 +82,7 @@ class Group:
     n_units: int
     members: list[Member]
     unit_params: int
-    exact: bool
+    mask_equivalent: bool  # zeroing a unit's slices computes what removing them does (False: a norm averages over the units)
     factors: tuple[Hashable, ...] = field(repr=False)
     units_per_block: int | None = None  # query_head: query heads per KV group
 
@@ -114,7 +111,7 @@ class Group:
             "units": self.n_units,
             "unit_params": self.unit_params,
             "params": self.params,
-            "exact": self.exact,
+            "mask_equivalent": self.mask_equivalent,
             "members": [f"{m.param}:{m.axis}" for m in self.members],
         }
 
@@ -359,7 +356,7 @@ class _Finder:
                 n_units=int(np.prod([f.size for f in fs])),
                 members=members,
                 unit_params=_unit_params(members, self.shapes),
-                exact=not any(f in self.roles["inexact"] for f in fs),
+                mask_equivalent=not any(f in self.roles["inexact"] for f in fs),
                 factors=key,
                 units_per_block=per_block,
             )

@@ -158,11 +158,11 @@ def test_groups_found(traced, arch):
         got = {g.kind: (g.n_units, g.units_per_block, g.unit_params) for g in t.groups if g.layer == layer}
         assert got == expected_layer, f"layer {layer}"
         for g in (g for g in t.groups if g.layer == layer):
-            assert g.exact, g.id
+            assert g.mask_equivalent, g.id
             assert {layer_of(m.param) for m in g.members} == {layer}, g.id
     hidden = [g for g in t.groups if g.kind == "hidden_channel"]
     assert len(hidden) == 1
-    assert hidden[0].layer is None and hidden[0].n_units == HIDDEN and not hidden[0].exact
+    assert hidden[0].layer is None and hidden[0].n_units == HIDDEN and not hidden[0].mask_equivalent
     # the hidden group reaches every layer and the embedding
     assert {layer_of(m.param) for m in hidden[0].members} >= set(range(LAYERS)) | {None}
     # nothing else is pruned by default: other groups are whole-model vocabulary and position rows

@@ -174,7 +174,7 @@ def test_a_member_the_model_does_not_have_is_an_error_naming_it(setup):
     model, group, *_ = setup
     foreign = Group(group.id, group.kind, group.layer, group.n_units,
                     [group.members[0], Member("mlp.down.weight", 1, group.members[1].unit_of)],
-                    unit_params=group.unit_params, exact=True, factors=group.factors)
+                    unit_params=group.unit_params, mask_equivalent=True, factors=group.factors)
     with pytest.raises(UsageError, match=r"member mlp\.down\.weight of group mlp_channel@all is not a parameter or buffer"):
         make_estimator("l1").score(foreign, ScoringContext.for_model(model, 0))
 

@@ -120,7 +120,7 @@ def test_groups_found(traced, arch):
     for layer in range(LAYERS):
         got = {g.kind: (g.n_units, g.unit_params) for g in t.groups if g.layer == layer}
         assert got == expected, f"layer {layer}"
-        assert all(g.exact for g in t.groups if g.layer == layer)
+        assert all(g.mask_equivalent for g in t.groups if g.layer == layer)
     model_wide = {g.kind: g for g in t.groups if g.layer is None}
     assert set(model_wide) <= {"hidden_channel", "vocab", "position"}
     assert model_wide["hidden_channel"].n_units == HIDDEN

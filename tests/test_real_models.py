@@ -35,8 +35,8 @@ def test_hand_listed_groups(variant):
     bias = 16 + 8 + 8 if variant.endswith("qwen2") else 0
     assert {g.unit_params for g in by_kind["kv_group"]} == {(8 + 8 + 16 + 16) * 64 + bias}
     assert {g.unit_params for g in by_kind["mlp_channel"]} == {3 * 64}
-    assert all(g.exact for g in by_kind["kv_group"] + by_kind["mlp_channel"])
-    assert not by_kind["hidden_channel"][0].exact  # RMSNorm averages over the hidden channels
+    assert all(g.mask_equivalent for g in by_kind["kv_group"] + by_kind["mlp_channel"])
+    assert not by_kind["hidden_channel"][0].mask_equivalent  # RMSNorm averages over the hidden channels
 
 
 def test_fused_phi3_members_are_slices_of_the_fused_weights():

@@ -504,7 +504,7 @@ def channel_group() -> Group:
     """The one group of :class:`Two`: its three units and their up rows and down columns."""
     unit_of = np.arange(3)
     members = [Member("up.weight", 0, unit_of), Member("down.weight", 1, unit_of)]
-    return Group("mlp_channel@0", "mlp_channel", 0, 3, members, unit_params=4, exact=True, factors=("f",))
+    return Group("mlp_channel@0", "mlp_channel", 0, 3, members, unit_params=4, mask_equivalent=True, factors=("f",))
 
 
 

@@ -49,7 +49,7 @@ def addmm(tr, node, bias, a, b, *args, **kwargs):
     return TensorInfo(out.shape, axes)
 
 
-def _batched(tr, node, a, b, out_shape):
+def _batched(tr, a, b, out_shape):
     """``a (..., n, k) @ b (..., k, m)`` with broadcast batch axes."""
     tr.unify(a.axes[-1], b.axes[-2])
     batch_shape = out_shape[:-2]
@@ -64,12 +64,12 @@ def _batched(tr, node, a, b, out_shape):
 
 @register("aten.bmm")
 def bmm(tr, node, a, b):
-    return _batched(tr, node, a, b, tr.out_shape(node))
+    return _batched(tr, a, b, tr.out_shape(node))
 
 
 @register("aten.baddbmm")
 def baddbmm(tr, node, inp, a, b, *args, **kwargs):
-    out = _batched(tr, node, a, b, tr.out_shape(node))
+    out = _batched(tr, a, b, tr.out_shape(node))
     return TensorInfo(out.shape, tr.broadcast([out, inp], out.shape))
 
 
@@ -94,7 +94,7 @@ def matmul(tr, node, a, b):
         return TensorInfo(shape, b.axes[:-2] + (b.axes[-1],))
     if a.ndim == 2 and b.ndim == 2:
         return _matmul2(tr, node, a, b)
-    return _batched(tr, node, a, b, shape)
+    return _batched(tr, a, b, shape)
 
 
 @register("aten.scaled_dot_product_attention")

@@ -62,7 +62,7 @@ def cumulative(tr, node, x, dim, *args, **kwargs):
     return TensorInfo(x.shape, x.axes)
 
 
-def _norm(tr, node, x, normalized_shape, weight=None, bias=None):
+def _norm(tr, x, normalized_shape, weight=None, bias=None):
     k = len(normalized_shape)
     for p in (weight, bias):
         if isinstance(p, TensorInfo):
@@ -74,12 +74,12 @@ def _norm(tr, node, x, normalized_shape, weight=None, bias=None):
 
 @register("aten.layer_norm")
 def layer_norm(tr, node, x, normalized_shape, weight=None, bias=None, *args, **kwargs):
-    return _norm(tr, node, x, normalized_shape, weight, bias)
+    return _norm(tr, x, normalized_shape, weight, bias)
 
 
 @register("aten.native_layer_norm")
 def native_layer_norm(tr, node, x, normalized_shape, weight=None, bias=None, *args, **kwargs):
-    out = _norm(tr, node, x, normalized_shape, weight, bias)
+    out = _norm(tr, x, normalized_shape, weight, bias)
     stats = tuple(ONE for _ in normalized_shape)
     stat = TensorInfo(tr.out_shape(node, 1), x.axes[: -len(normalized_shape)] + stats)
     return out, stat, stat
@@ -87,4 +87,4 @@ def native_layer_norm(tr, node, x, normalized_shape, weight=None, bias=None, *ar
 
 @register("aten.rms_norm")
 def rms_norm(tr, node, x, normalized_shape, weight=None, *args, **kwargs):
-    return _norm(tr, node, x, normalized_shape, weight, None)
+    return _norm(tr, x, normalized_shape, weight, None)

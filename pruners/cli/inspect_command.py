@@ -28,10 +28,10 @@ def run(args) -> dict:
 def show(report: dict) -> None:
     print(f"model: {report['model']}")
     print(f"parameters: {report['params']:,}")
-    print(f"{'group':<24}{'kind':<16}{'layer':>6}{'units':>8}{'params/unit':>13}{'params':>12}  exact")
+    print(f"{'group':<24}{'kind':<16}{'layer':>6}{'units':>8}{'params/unit':>13}{'params':>12}  masked=sliced")
     for g in report["groups"]:
         layer = "-" if g["layer"] is None else g["layer"]
-        print(f"{g['id']:<24}{g['kind']:<16}{layer:>6}{g['units']:>8}{g['unit_params']:>13,}{g['params']:>12,}  {'yes' if g['exact'] else 'no'}")
+        print(f"{g['id']:<24}{g['kind']:<16}{layer:>6}{g['units']:>8}{g['unit_params']:>13,}{g['params']:>12,}  {'yes' if g['mask_equivalent'] else 'no (a norm averages over these units)'}")
     kinds = Counter(g["kind"] for g in report["groups"])
     print("groups by kind: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
 

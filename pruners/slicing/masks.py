@@ -14,7 +14,7 @@ model's shapes and act on the same member slices instead:
 >>> from depgraph.groups import Group, Member
 >>> lin = nn.Sequential(nn.Linear(2, 3, bias=False), nn.Linear(3, 2, bias=False))
 >>> g = Group("mlp_channel@0", "mlp_channel", 0, 3, [Member("0.weight", 0, np.arange(3)),
-...           Member("1.weight", 1, np.arange(3))], unit_params=4, exact=True, factors=())
+...           Member("1.weight", 1, np.arange(3))], unit_params=4, mask_equivalent=True, factors=())
 >>> masked = masked_copy(lin, removed_positions([g], {"mlp_channel@0": [0, 2]}))
 >>> masked[0].weight[1].abs().sum().item(), masked[1].weight[:, 1].abs().sum().item()
 (0.0, 0.0)

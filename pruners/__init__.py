@@ -58,6 +58,8 @@ _EXPORTS = {
     "load_pruned": "io.checkpoint",
     "load_tokenizer": "io.checkpoint",
     "save_pruned": "io.checkpoint",
+    "register_method": "methods",
+    "METHODS": "methods",
     # evaluation
     "perplexity": "eval.perplexity",
     "zero_shot": "eval.multiple_choice",

@@ -213,6 +213,9 @@ class PruneConfig(PlannerConfig):
 class RunConfig(PruneConfig):
     """Everything a ``depprune prune`` run needs: the model, the pruning, where it runs, evaluation and output."""
 
+    method: str = Field(
+        "one-shot", description="registered pruning method (pruners.methods): one-shot scores, plans and slices in one pass"
+    )
     model: str = Field(..., description="model directory or hub id")
     out: str = Field(..., description="output directory (must be empty or absent unless force)")
     tokenizer: str | None = Field(None, description="tokenizer directory (default: the model's)")
@@ -222,6 +225,13 @@ class RunConfig(PruneConfig):
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         None, description="dtype the model is loaded, pruned and saved in (default: the checkpoint's)"
     )
+
+    @field_validator("method")
+    @classmethod
+    def _method_registered(cls, v: str) -> str:
+        from .methods import check_method
+
+        return check_method(v)
 
 
 def read_run_file(path: str | Path) -> dict[str, Any]:

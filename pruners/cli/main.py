@@ -50,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
             _check_text_arguments(argv)
             _quiet_libraries()
             from ..importance import load_plugins
+            from ..methods import load_methods
 
             load_plugins()  # estimators from installed packages show up in --help and --importance
+            load_methods()  # and pruning methods in --method
             args = build_parser(commands).parse_args([a for a in argv if a != "--debug"])
             command = commands[args.command]
             report = command.run(args)

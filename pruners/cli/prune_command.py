@@ -33,6 +33,7 @@ DESCRIPTION = (
 
 def add_arguments(pr: argparse.ArgumentParser) -> None:
     from ..importance import AGGREGATIONS, ESTIMATORS
+    from ..methods import METHODS
 
     add_common_options(pr)
     add_nonfinite_option(pr)
@@ -48,6 +49,10 @@ def add_arguments(pr: argparse.ArgumentParser) -> None:
         help="instead of --ratio: the fraction of units removed from every pruned group of KIND, repeatable, e.g. "
         "--kind-ratio attention=0.25 --kind-ratio mlp_channel=0.5 (LLM-Pruner's per-layer ratio); the KINDs given "
         "are the kinds pruned. Replaces a --config file's ratio and kind_ratios (and its kinds, unless --kinds is given)",
+    )
+    pr.add_argument(
+        "--method", help=f"pruning method: {', '.join(sorted(METHODS))} (default one-shot; "
+        "installed packages add more through the depprune.methods entry points)",
     )
     pr.add_argument("--importance", help=f"importance estimator: {', '.join(sorted(ESTIMATORS))} (default l2)")
     pr.add_argument(
@@ -135,7 +140,7 @@ class _KindRatios(argparse.Action):
 
 # command-line flag -> path in the run config
 FLAG_KEYS = {
-    "model": ("model",), "ratio": ("ratio",), "kind_ratio": ("kind_ratios",), "importance": ("importance",),
+    "method": ("method",), "model": ("model",), "ratio": ("ratio",), "kind_ratio": ("kind_ratios",), "importance": ("importance",),
     "aggregation": ("aggregation",), "kinds": ("kinds",), "strategy": ("strategy",), "layers": ("layers",), "min_units": ("min_units",),
     "round_to": ("round_to",), "calibration": ("calibration", "source"), "calibration_samples": ("calibration", "samples"),
     "calibration_seq_len": ("calibration", "seq_len"), "out": ("out",), "force": ("force",), "eval_text": ("eval_text",),
@@ -190,7 +195,7 @@ def run_config(args):
                 f"unknown option {'.'.join(keys)!r} in --config; valid: {', '.join(sorted(fields))}"
             ) from e
         flag = "--" + "-".join(keys).replace("_", "-")
-        raise UsageError(f"{flag} {short_repr(err.get('input'))}: {err['msg']}") from e
+        raise UsageError(f"{flag} {short_repr(err.get('input'))}: {err['msg'].removeprefix('Value error, ')}") from e
 
 
 def _options_from_command_line(args, data: dict) -> None:
@@ -307,7 +312,8 @@ def _prune_into(out, cfg, args, device) -> dict:
     """Inside the reserved OUT: load, prune, evaluate, write; return the report."""
     from ..importance import make_estimator, needs_of
     from ..io.checkpoint import load_model, load_tokenizer, write_pruned
-    from ..pipeline import analyze, check_context, check_feasible, count_params, prune, run_samples
+    from ..methods import METHODS
+    from ..pipeline import analyze, check_context, check_feasible, count_params, run_samples
 
     trust = args.trust_remote_code
     with out:
@@ -325,7 +331,7 @@ def _prune_into(out, cfg, args, device) -> dict:
         model = load_model(
             cfg.model, device, dtype=cfg.dtype, trust_remote_code=trust, allow_nonfinite=cfg.allow_nonfinite
         )
-        result = prune(model, cfg, progress=not args.quiet, analysis=analysis, samples=samples)
+        result = METHODS[cfg.method](model, cfg, progress=not args.quiet, analysis=analysis, samples=samples)
         report = _prune_report(cfg, result, device)
         if cfg.eval_text:
             from ..eval.perplexity import perplexity
@@ -347,6 +353,7 @@ def _prune_report(cfg, result, device) -> dict:
     return {
         "model": cfg.model,
         "out": cfg.out,
+        "method": cfg.method,
         "importance": cfg.importance,
         "importance_options": cfg.importance_options,
         "aggregation": cfg.aggregation,

@@ -207,3 +207,34 @@ def test_signals_only_for_the_given_params(setup):
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
     with pytest.raises(ValueError, match="none of the given params"):
         collect_signals(model, SAMPLES, {"grad"}, progress=False, params={"no.such.weight"})
+
+
+class WithAnIdleLayer(nn.Module):
+    """``idle`` is a linear layer that never runs: no gradient, no input statistics reach it."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(11, 4)
+        self.up, self.down, self.idle = nn.Linear(4, 6), nn.Linear(6, 11), nn.Linear(6, 11)
+
+    def forward(self, ids):
+        return self.down(torch.relu(self.up(self.emb(ids))))  # (B, T, 11)
+
+
+@pytest.mark.parametrize("needs", [{"grad"}, {"grad", "fisher"}, {"activations"}])
+def test_weights_without_a_signal_get_zeros_not_gaps(needs):
+    """A wanted weight that backward never reaches, or a layer that never runs, has zero signals
+    (its Taylor / activation score is 0, the truth) -- never a missing entry that an estimator would
+    read as 'not applicable' and silently drop."""
+    model = WithAnIdleLayer()
+    ids = [torch.randint(0, 11, (1, 8), generator=torch.Generator().manual_seed(s)) for s in range(2)]
+    sig = collect_signals(model, ids, needs, progress=False, params=["up.weight", "idle.weight"])
+    if "grad" in needs:
+        assert sig.grad["up.weight"].abs().sum() > 0 and torch.equal(sig.grad["idle.weight"], torch.zeros(11, 6))
+    if "fisher" in needs:
+        assert torch.equal(sig.fisher["idle.weight"], torch.zeros(11, 6))
+    if "activations" in needs:
+        assert sig.act_norm("up.weight").sum() > 0
+        assert torch.equal(sig.act_norm("idle.weight"), torch.zeros(6))
+        assert torch.equal(sig.act_var("idle.weight"), torch.zeros(6))

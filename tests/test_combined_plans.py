@@ -35,14 +35,6 @@ DONE = [a for a in ZOO if not ZOO[a].refused]
 REFUSED = [a for a in ZOO if ZOO[a].refused]
 
 
-def exact_kinds(arch: str) -> list[str]:
-    """The exact kinds planned with the hidden channels: the head kind(s), unless heads are frozen, and MLP channels."""
-    spec = ZOO[arch]
-    if getattr(spec, "heads_frozen", False):
-        return ["mlp_channel"]
-    return ["combined"]  # KV groups, query heads within the kept ones, MLP channels (heads and MLP without GQA)
-
-
 @dataclass
 class Case:
     model: nn.Module
@@ -65,9 +57,7 @@ def case():
             tr = trace(meta_copy(model))
             groups = find_groups(tr)
             hidden_keep = random_plan(groups, "hidden_channel")
-            exact_keep: dict[str, list[int]] = {}
-            for kind in exact_kinds(arch):
-                exact_keep.update(random_plan(groups, kind))
+            exact_keep = random_plan(groups, "combined")  # heads or KV groups and their query heads, MLP channels
             keep = {**hidden_keep, **exact_keep}
             hidden, _ = execute(model, tr, groups, hidden_keep)
             pruned, record = execute(model, tr, groups, keep)

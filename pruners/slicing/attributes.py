@@ -23,8 +23,11 @@ Two mechanisms:
    attribute whose value differs between layers (``layer_idx``) never is, and neither is one
    an adapter set (it changed the value, or names it in ``owns``).  Choices are made per
    attribute name across layers; only modules that own a sliced parameter, or whose direct
-   children do, are considered.  The pruned model is then **re-traced**: its layouts must
-   equal the expected ones, or the next choice is tried.  Nothing unverified is returned.
+   children do, are considered.  When structures of equal old size change differently (GPT-2's
+   ``split_size`` is both the hidden size and ``heads * head_dim``; with hidden channels and
+   heads pruned only the latter is right), each is a choice of its own, told apart by where it
+   sits in the layouts.  The pruned model is then **re-traced**: its layouts must equal the
+   expected ones, or the next choice is tried.  Nothing unverified is returned.
 """
 
 from __future__ import annotations
@@ -33,13 +36,15 @@ import copy
 import itertools
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from torch import nn
 
 from depgraph.layout import Cat, Factor, Prod, resolve
 from depgraph.tracer import Trace, meta_copy, trace
+
+from ..errors import PlanError
 
 ShapeAdapter = Callable[[nn.Module], None]
 
@@ -55,8 +60,8 @@ class AdapterSpec:
 SHAPE_ADAPTERS: dict[str, AdapterSpec] = {}
 
 
-class AttributeInferenceError(RuntimeError):
-    """No assignment of size attributes reproduces the expected pruned layouts."""
+class AttributeInferenceError(PlanError, RuntimeError):
+    """No assignment of size attributes reproduces the expected pruned layouts: the plan cannot be executed."""
 
 
 def _qualname(cls: type) -> str:
@@ -177,27 +182,36 @@ def quantities(t, new_size: Mapping[Factor, int]) -> set[tuple[int, int]]:
 
     Inside a product only whole children count (the RoPE halves inside a head dim do not).
     """
+    return {(o, n) for _, o, n in placed_quantities(t, new_size)}
+
+
+def placed_quantities(t, new_size: Mapping[Factor, int], place: tuple = ()) -> Iterator[tuple[tuple, int, int]]:
+    """The :func:`quantities` of ``t`` as ``(place, old, new)``: ``place`` says where in the layout each sits.
+
+    A place is a path of child indices (``(i, j)`` for the run of product children ``i..j``), the
+    same in every layer of a model, so two structures of equal old size (the hidden size and
+    ``heads * head_dim``) stay apart when both are pruned.
+    """
     t = resolve(t)
     if isinstance(t, Factor):
-        return {(t.size, new_size.get(t, t.size))}
+        yield place, t.size, new_size.get(t, t.size)
+        return
     if isinstance(t, Cat):
-        out = {(sum(c.size if isinstance(c, Factor) else _old(c) for c in t.children), _new(t, new_size))}
-        for c in t.children:
-            out |= quantities(c, new_size)
-        return out
+        yield place, _old(t), _new(t, new_size)
+        for i, c in enumerate(t.children):
+            yield from placed_quantities(c, new_size, (*place, i))
+        return
     olds = [_old(c) for c in t.children]
     news = [_new(c, new_size) for c in t.children]
-    out = set()
     for i in range(len(olds)):
         o = n = 1
         for j in range(i, len(olds)):
             o *= olds[j]
             n *= news[j]
-            out.add((o, n))
-    for c in t.children:
+            yield (*place, (i, j)), o, n
+    for i, c in enumerate(t.children):
         if isinstance(resolve(c), Prod):
-            out |= quantities(c, new_size)
-    return out
+            yield from placed_quantities(c, new_size, (*place, i))
 
 
 def _old(t) -> int:
@@ -213,7 +227,8 @@ def _new(t, new_size) -> int:
 # -- candidate attributes ---------------------------------------------------------------------
 
 
-def _relkey(path: str) -> str:
+def relkey(path: str) -> str:
+    """``path`` with its layer (and other) indices as ``*``: ``model.layers.3.mlp`` -> ``model.layers.*.mlp``."""
     return re.sub(r"(?:(?<=^)|(?<=\.))\d+(?=\.|$)", "*", path)
 
 
@@ -235,33 +250,69 @@ def _int_attrs(mod: nn.Module) -> dict[str, int]:
     return out
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """One module's int attribute that may carry a pruned size.
+
+    ``options`` maps each place of a changed structure of old size ``value`` in the module's
+    parameters (:func:`placed_quantities`, keyed by parameter and axis too) to its new size;
+    ``stay`` says an unchanged structure has that size as well.
+    """
+
+    value: int
+    options: Mapping[tuple, int]
+    stay: bool
+
+    @property
+    def news(self) -> set[int]:
+        return set(self.options.values())
+
+
 def candidates(
     model: nn.Module, tr: Trace, new_size: Mapping[Factor, int], fixed: frozenset[tuple[str, str]] = frozenset()
-) -> dict[tuple[str, str], dict[str, tuple[int, set[int], bool]]]:
-    """(relative module key, attribute) -> {module path: (value, changed new values, could stay)}.
+) -> dict[tuple[str, str], dict[str, Candidate]]:
+    """(relative module key, attribute) -> {module path: :class:`Candidate`}.
 
     ``(module path, attribute)`` pairs in ``fixed`` (set by a shape adapter) are no candidates.
     """
-    per_param = {name: set().union(*(quantities(t, new_size) for t in info.axes)) for name, info in tr.params.items()}
-    found: dict[tuple[str, str], dict[str, tuple[int, set[int], bool]]] = {}
+    per_param = {
+        name: {(relkey(name), axis, place): (o, n) for axis, t in enumerate(info.axes) for place, o, n in placed_quantities(t, new_size)}
+        for name, info in tr.params.items()
+    }
+    found: dict[tuple[str, str], dict[str, Candidate]] = {}
     values: dict[tuple[str, str], set[int]] = {}
     for path, mod in model.named_modules():
         # only modules that own the parameters or their direct children: the root's
         # ``config.eos_token_id == 2`` must never follow a pruned size that happens to be 2
-        qs = set().union(set(), *(q for n, q in per_param.items() if _near(path, n)))
-        changed = {(o, n) for o, n in qs if o != n}
-        if not changed:
+        qs = {where: on for n, q in per_param.items() if _near(path, n) for where, on in q.items()}
+        if all(o == n for o, n in qs.values()):
             continue
         for attr, v in _int_attrs(mod).items():
             if (path, attr) in fixed:
                 continue
-            values.setdefault((_relkey(path), attr), set()).add(v)
-            news = {n for o, n in changed if o == v}
-            if news:
-                stay = any(o == v and n == v for o, n in qs)
-                found.setdefault((_relkey(path), attr), {})[path] = (v, news, stay)
+            values.setdefault((relkey(path), attr), set()).add(v)
+            options = {where: n for where, (o, n) in qs.items() if o == v and n != v}
+            if options:
+                stay = any(o == v and n == v for o, n in qs.values())
+                found.setdefault((relkey(path), attr), {})[path] = Candidate(v, options, stay)
     # an attribute whose value differs between layers (layer_idx) carries no size
     return {k: v for k, v in found.items() if len(values.get(k, ())) == 1}
+
+
+def choices(per_path: Mapping[str, Candidate]) -> list[dict[str, int]]:
+    """The ways to update one attribute across the modules that hold it: ``{module path: new value}``.
+
+    One per place of a changed structure (the modules lacking it keep their value), and, when
+    every module has a single new value, all of them together.  Duplicates are dropped.
+    """
+    out: list[dict[str, int]] = []
+    if all(len(c.news) == 1 for c in per_path.values()):
+        out.append({path: next(iter(c.news)) for path, c in per_path.items()})
+    for where in sorted({w for c in per_path.values() for w in c.options}, key=repr):
+        change = {path: c.options[where] for path, c in per_path.items() if where in c.options}
+        if change not in out:
+            out.append(change)
+    return out
 
 
 def set_attributes(model: nn.Module, changes: Iterable[tuple[str, str, int]]) -> None:
@@ -287,10 +338,13 @@ def infer_attributes(
     tr: Trace,
     new_size: Mapping[Factor, int],
     fixed: Iterable[tuple[str, str]] = (),
-    max_attempts: int = 24,
+    max_attempts: int = 32,
 ) -> list[tuple[str, str, int]]:
     """Update size attributes of the (sliced) ``model`` in place; return ``(path, attr, value)`` changes.
 
+    Each candidate attribute keeps its value or takes one of its :func:`choices`.  The default
+    changes an attribute only where its value matches just one changed structure, and no config
+    field; assignments are tried closest to it first, at most ``max_attempts`` re-traces.
     ``fixed`` are the ``(module path, attribute)`` pairs the shape adapters set
     (:func:`apply_shape_adapters`): never changed here.  Raises :class:`AttributeInferenceError`
     if no tried assignment re-traces to the expected layouts.
@@ -298,19 +352,17 @@ def infer_attributes(
     expected = {name: tuple(signature(t, new_size) for t in info.axes) for name, info in tr.params.items()}
     cands = candidates(model, tr, new_size, frozenset(fixed))
     keys = sorted(cands)
-    # default: change when the value matches only changed structures, keep when it is ambiguous
-    # config fields start unchanged (a shared config holds token ids and the like); they are flipped only if needed
+    options = {k: [None, *choices(cands[k])] for k in keys}  # None: every module keeps its value
+    # config fields start unchanged (a shared config holds token ids and the like); they change only if needed
+    # (when every module has one new value and no unchanged structure of its size, choice 1 is all of them)
     default = {
-        k: not k[1].startswith("config.") and all(not stay and len(news) == 1 for _, news, stay in cands[k].values())
+        k: int(not k[1].startswith("config.") and all(not c.stay and len(c.news) == 1 for c in cands[k].values()))
         for k in keys
     }
     tried = 0
     last_error = ""
-    for flips in _flip_sets(keys, default):
-        choice = {k: (not default[k]) if k in flips else default[k] for k in keys}
-        if any(choice[k] and any(len(news) != 1 for _, news, _ in cands[k].values()) for k in keys):
-            continue
-        changes = [(path, attr, next(iter(news))) for (rk, attr) in keys if choice[(rk, attr)] for path, (_, news, _) in cands[(rk, attr)].items()]
+    for assignment in _assignments(keys, options, default):
+        changes = [(path, attr, value) for (rk, attr), i in assignment.items() if i for path, value in options[(rk, attr)][i].items()]
         trial = meta_copy(model)
         set_attributes(trial, changes)
         tried += 1
@@ -320,21 +372,35 @@ def infer_attributes(
             return changes
         if tried >= max_attempts:
             break
+    tried_what = ", ".join(f"{rk}.{a}={_value(cands[(rk, a)])}->{'|'.join(map(str, sorted(_news(cands[(rk, a)]))))}" for rk, a in keys)
     raise AttributeInferenceError(
-        f"could not infer the size attributes of the pruned model after {tried} attempts "
-        f"(candidates: {[f'{rk}.{a}' for rk, a in keys]}; last mismatch: {last_error}). "
+        f"could not infer the size attributes of the pruned model: none of {tried} assignments"
+        f"{' (the limit)' if tried >= max_attempts else ''} re-traces to the pruned layouts "
+        f"(candidates: {tried_what or 'none'}; last mismatch: {' '.join(last_error.split())}). "
         "Register a shape adapter with pruners.slicing.attributes.register_shape_adapter for the module that stores sizes."
     )
 
 
-def _flip_sets(keys: list, default: dict) -> Iterable[frozenset]:
-    ambiguous = [k for k in keys if not default[k]]
-    rest = [k for k in keys if default[k]]
-    order = ambiguous + rest
-    yield frozenset()
-    for r in range(1, len(order) + 1):
-        for combo in itertools.combinations(order, r):
-            yield frozenset(combo)
+def _value(per_path: Mapping[str, Candidate]) -> int:
+    return next(iter(per_path.values())).value
+
+
+def _news(per_path: Mapping[str, Candidate]) -> set[int]:
+    return set().union(*(c.news for c in per_path.values()))
+
+
+def _assignments(keys: list, options: Mapping, default: Mapping) -> Iterator[dict]:
+    """Option indices per key, fewest departures from ``default`` first.
+
+    Attributes kept by default are departed from first, module attributes before config fields,
+    and those of deeper modules (nearer the weights that read the size) before those above them.
+    """
+    order = sorted(keys, key=lambda k: (bool(default[k]), k[1].startswith("config."), -k[0].count(".") - bool(k[0])))
+    for r in range(len(order) + 1):
+        for departing in itertools.combinations(order, r):
+            alternatives = [[i for i in range(len(options[k])) if i != default[k]] for k in departing]
+            for picked in itertools.product(*alternatives):
+                yield {**default, **dict(zip(departing, picked))}
 
 
 def verify_layouts(model: nn.Module, expected: Mapping[str, tuple]) -> tuple[bool, str]:

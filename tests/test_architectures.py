@@ -14,16 +14,12 @@ The models, their hand-derived unit costs and the oracle live in the test zoo (`
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from depgraph import meta_copy, trace
-from depgraph.groups import find_groups, layer_of
+from depgraph.groups import layer_of
 from pruners.slicing.attributes import AttributeInferenceError
 from pruners.slicing.executor import execute
 
@@ -35,6 +31,7 @@ from zoo import (
     LAYERS,
     SEQ_SHAPE,
     VOCAB,
+    attr_snapshot,
     exact_kinds,
     logits,
     masked_reference,
@@ -46,72 +43,6 @@ from zoo import (
 EXACT_CASES = [(a, k) for a in ARCHS for k in exact_kinds(a)]
 ALL_CASES = EXACT_CASES + [(a, "hidden_channel") for a in ARCHS if "hidden_channel" not in ARCHS[a].refused]
 REFUSED_CASES = [(a, k) for a in ARCHS for k in ARCHS[a].refused]
-
-
-# -- shared state: each architecture traced once, each plan executed once ------------------------
-
-
-@dataclass
-class Traced:
-    model: nn.Module
-    trace: object
-    groups: list
-    state: dict[str, torch.Tensor]  # snapshot taken before any execute
-    attrs: dict  # size-like attributes and config, snapshot
-
-
-def _attr_snapshot(model: nn.Module) -> dict:
-    out = {}
-    for path, mod in model.named_modules():
-        for k, v in vars(mod).items():
-            if type(v) in (int, float, bool, str, tuple):
-                out[(path, k)] = v
-        cfg = getattr(mod, "config", None)
-        if cfg is not None:
-            out[(path, "config")] = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(vars(cfg))
-    return out
-
-
-@pytest.fixture(scope="session")
-def traced():
-    cache: dict[str, Traced] = {}
-
-    def get(arch: str) -> Traced:
-        if arch not in cache:
-            model = ARCHS[arch].build()
-            tr = trace(meta_copy(model))
-            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            cache[arch] = Traced(model, tr, find_groups(tr), state, copy.deepcopy(_attr_snapshot(model)))
-        return cache[arch]
-
-    return get
-
-
-@dataclass
-class Pruned:
-    model: nn.Module
-    record: object
-    keep: dict[str, list[int]]
-
-
-@pytest.fixture(scope="session")
-def pruned(traced):
-    cache: dict[tuple[str, str], Pruned] = {}
-
-    def get(arch: str, kind: str) -> Pruned:
-        if (arch, kind) not in cache:
-            t = traced(arch)
-            keep = random_plan(t.groups, kind)
-            model, record = execute(t.model, t.trace, t.groups, keep)
-            cache[(arch, kind)] = Pruned(model.eval(), record, keep)
-        return cache[(arch, kind)]
-
-    return get
-
-
-@pytest.fixture(scope="module")
-def batch():
-    return torch.randint(3, VOCAB, SEQ_SHAPE, generator=torch.Generator().manual_seed(1234))
 
 
 def first_block(model: nn.Module) -> str:
@@ -279,7 +210,7 @@ def test_input_model_unchanged(traced, pruned, arch, kind):
     assert now.keys() == t.state.keys()
     for k, v in t.state.items():
         assert now[k].shape == v.shape and torch.equal(now[k], v), k
-    assert _attr_snapshot(t.model) == t.attrs
+    assert attr_snapshot(t.model) == t.attrs
     assert all(p.device.type == "cpu" for p in t.model.parameters())
 
 
@@ -293,7 +224,7 @@ def test_refused(traced, arch, kind):
         execute(t.model, t.trace, t.groups, random_plan(t.groups, kind))
     for k, v in t.model.state_dict().items():
         assert torch.equal(v, t.state[k]), k
-    assert _attr_snapshot(t.model) == t.attrs
+    assert attr_snapshot(t.model) == t.attrs
 
 
 @pytest.mark.parametrize("arch,kind", [(a, k) for a, k in ALL_CASES if ARCHS[a].hf])

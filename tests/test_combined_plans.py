@@ -67,11 +67,6 @@ def case():
     return get
 
 
-@pytest.fixture(scope="module")
-def batch():
-    return torch.randint(3, VOCAB, SEQ_SHAPE, generator=torch.Generator().manual_seed(1234))
-
-
 @pytest.mark.parametrize("arch", DONE)
 def test_combined_plan_is_hidden_pruning_then_masking(case, batch, arch):
     c = case(arch)

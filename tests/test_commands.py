@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 
 import pytest
 
 from pruners.cli import main
 from pruners.cli.registry import Command, load_commands
+
+from zoo import install_package
 
 HELLO = textwrap.dedent(
     '''
@@ -35,14 +36,8 @@ HELLO = textwrap.dedent(
 
 
 def install(tmp_path, monkeypatch, entry_points: str) -> None:
-    """A package on sys.path advertising ``entry_points`` (a dist-info directory, as pip writes one)."""
-    (tmp_path / "depprune_hello.py").write_text(HELLO)
-    info = tmp_path / "depprune_hello-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: depprune-hello\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(entry_points)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "depprune_hello", raising=False)
+    """The ``depprune_hello`` package on sys.path, advertising ``entry_points``."""
+    install_package(tmp_path, monkeypatch, "depprune_hello", HELLO, entry_points)
 
 
 def test_depprunes_own_commands_are_registered_entry_points():

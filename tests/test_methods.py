@@ -11,7 +11,7 @@ import pytest
 from pruners.cli import main
 from pruners.methods import METHODS, load_methods
 
-from zoo import STORIES
+from zoo import STORIES, install_package
 
 LEARNED = textwrap.dedent(
     '''
@@ -28,12 +28,7 @@ LEARNED = textwrap.dedent(
 
 @pytest.fixture
 def installed_method(tmp_path, monkeypatch):
-    (tmp_path / "depprune_learned.py").write_text(LEARNED)
-    info = tmp_path / "depprune_learned-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: depprune-learned\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[depprune.methods]\nlearned = depprune_learned\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    install_package(tmp_path, monkeypatch, "depprune_learned", LEARNED, "[depprune.methods]\nlearned = depprune_learned\n")
     yield
     METHODS.pop("test-l1-only", None)
     sys.modules.pop("depprune_learned", None)

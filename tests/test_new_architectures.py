@@ -19,17 +19,15 @@ parameter counts below are written out by hand from each architecture.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import pytest
 import torch
 from torch import nn
 
-from depgraph import UnsupportedOpError, meta_copy, trace
+from depgraph import UnsupportedOpError, trace
 from depgraph.groups import KINDS, find_groups, layer_of
 from depgraph.ops import HANDLERS, register
 from pruners.pipeline import PruneConfig, prune
-from pruners.slicing.executor import execute
 
 from zoo import (
     ATOL,
@@ -44,7 +42,6 @@ from zoo import (
     logits,
     masked_reference,
     n_params,
-    random_plan,
     removed_masks,
 )
 
@@ -55,56 +52,6 @@ def kinds_of(arch: str) -> list[str]:
 
 CASES = [(a, k) for a in NEW_ARCHS for k in kinds_of(a)]
 HF_CASES = [(a, k) for a, k in CASES if NEW_ARCHS[a].hf]
-
-
-@dataclass
-class Traced:
-    model: nn.Module
-    trace: object
-    groups: list
-    state: dict[str, torch.Tensor]
-
-
-@pytest.fixture(scope="module")
-def traced():
-    cache: dict[str, Traced] = {}
-
-    def get(arch: str) -> Traced:
-        if arch not in cache:
-            model = NEW_ARCHS[arch].build()
-            tr = trace(meta_copy(model))
-            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            cache[arch] = Traced(model, tr, find_groups(tr), state)
-        return cache[arch]
-
-    return get
-
-
-@dataclass
-class Pruned:
-    model: nn.Module
-    record: object
-    keep: dict[str, list[int]]
-
-
-@pytest.fixture(scope="module")
-def pruned(traced):
-    cache: dict[tuple[str, str], Pruned] = {}
-
-    def get(arch: str, kind: str) -> Pruned:
-        if (arch, kind) not in cache:
-            t = traced(arch)
-            keep = random_plan(t.groups, kind)
-            model, record = execute(t.model, t.trace, t.groups, keep)
-            cache[(arch, kind)] = Pruned(model.eval(), record, keep)
-        return cache[(arch, kind)]
-
-    return get
-
-
-@pytest.fixture(scope="module")
-def batch():
-    return torch.randint(3, VOCAB, SEQ_SHAPE, generator=torch.Generator().manual_seed(1234))
 
 
 # -- groups ----------------------------------------------------------------------------------------

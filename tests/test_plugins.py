@@ -10,6 +10,8 @@ import pytest
 from pruners.cli import main
 from pruners.importance import ESTIMATORS, load_plugins
 
+from zoo import install_package
+
 PLUGIN = textwrap.dedent(
     '''
     import torch
@@ -33,12 +35,7 @@ PLUGIN = textwrap.dedent(
 
 @pytest.fixture
 def installed_plugin(tmp_path, monkeypatch):
-    (tmp_path / "depprune_cube.py").write_text(PLUGIN)
-    info = tmp_path / "depprune_cube-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: depprune-cube\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[depprune.estimators]\ncube = depprune_cube\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    install_package(tmp_path, monkeypatch, "depprune_cube", PLUGIN, "[depprune.estimators]\ncube = depprune_cube\n")
     yield
     ESTIMATORS.pop("test-cube", None)
     sys.modules.pop("depprune_cube", None)

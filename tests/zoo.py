@@ -19,6 +19,7 @@ GQA with 3 KV heads (2 query heads per group) or 2 KV heads (3 per group).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -521,6 +522,31 @@ def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 def n_params(model: nn.Module) -> int:
     """Parameters of ``model``, tied ones counted once."""
     return sum(p.numel() for p in model.parameters())  # tied parameters once
+
+
+def attr_snapshot(model: nn.Module) -> dict:
+    """Every size-like attribute and config of every module: to show that pruning leaves the input model alone."""
+    out = {}
+    for path, mod in model.named_modules():
+        for k, v in vars(mod).items():
+            if type(v) in (int, float, bool, str, tuple):
+                out[(path, k)] = v
+        cfg = getattr(mod, "config", None)
+        if cfg is not None:
+            out[(path, "config")] = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(vars(cfg))
+    return out
+
+
+def install_package(directory: Path, monkeypatch, module: str, source: str, entry_points: str) -> None:
+    """Put a package on ``sys.path`` as pip would: ``module``.py holding ``source`` and a dist-info
+    directory advertising ``entry_points`` (``entry_points.txt`` syntax), for plugin tests."""
+    (directory / f"{module}.py").write_text(source)
+    info = directory / f"{module}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(entry_points)
+    monkeypatch.syspath_prepend(str(directory))
+    monkeypatch.delitem(sys.modules, module, raising=False)
 
 
 # -- the oracle ----------------------------------------------------------------------------------

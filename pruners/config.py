@@ -185,6 +185,11 @@ class PruneConfig(PlannerConfig):
     )
     aggregation: str = Field("sum", description="how member scores combine into one score per unit")
     seed: int = Field(0, strict=True, ge=0, le=MAX_SEED, description="seed for random importance and any sampling, in [0, 2**32 - 1]")
+    rounds: int = Field(
+        1, strict=True, ge=1, le=100,
+        description="prune in this many rounds, re-scoring the pruned model between them (Torch-Pruning's "
+        "iterative steps); each round keeps the same fraction of the parameters, together the ratio target",
+    )
     allow_nonfinite: bool = Field(
         False, description="go on when weights, scores or the pruned model's logits hold NaN/Inf (default: refuse)"
     )
@@ -201,6 +206,12 @@ class PruneConfig(PlannerConfig):
         if v not in registry:
             raise ValueError(f"unknown {info.field_name} {v!r}; registered: {', '.join(sorted(registry))}")
         return v
+
+    @model_validator(mode="after")
+    def _rounds_need_a_ratio(self):
+        if self.rounds > 1 and self.ratio is None:
+            raise ValueError(f"rounds {self.rounds} splits a ratio target over rounds; give ratio, not kind_ratios")
+        return self
 
     @model_validator(mode="after")
     def _options_fit_estimator(self):

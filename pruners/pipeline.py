@@ -21,7 +21,7 @@ from .errors import NonFiniteError, UsageError
 from .importance import ScoringContext, Signals, aggregate, collect_signals, make_estimator, needs_of
 from .importance.calibration import calibration_samples
 from .planner import Plan, make_plan, select_groups
-from .slicing.executor import PruneRecord, execute
+from .slicing.executor import PruneRecord, execute, kept_positions, validate_keep
 
 
 @dataclass
@@ -153,6 +153,19 @@ def prune(
             raise UsageError(f"importance {config.importance!r} needs calibration data: a tokenizer and calibration.source")
         check_context(config, model)
         samples = run_samples(config, tokenizer)
+    if config.rounds == 1:
+        return _one_round(model, config, progress, analysis, samples)
+    total, current, results = count_params(model), model, []
+    for r in range(1, config.rounds + 1):
+        left = round(total * (1 - config.ratio) ** (r / config.rounds)) if r < config.rounds else total - round(config.ratio * total)
+        step = config.model_copy(update={"ratio": 1 - left / count_params(current), "rounds": 1})
+        results.append(_one_round(current, step, progress, analysis if r == 1 else None, samples))
+        current = results[-1].model
+    return chain_rounds(results)
+
+
+def _one_round(model: nn.Module, config: PruneConfig, progress: bool, analysis, samples) -> PruneResult:
+    """Score, plan and slice once (:func:`prune` with ``config.rounds == 1``)."""
     torch.manual_seed(config.seed)
     tr, groups = analysis if analysis is not None else analyze(model)
     before = count_params(model)
@@ -168,6 +181,50 @@ def prune(
     if not config.allow_nonfinite:
         check_finite_logits(pruned, probe, "the pruned model")
     return PruneResult(pruned, record, plan, groups, before, count_params(pruned))
+
+
+def chain_rounds(results: list[PruneResult]) -> PruneResult:
+    """Rounds of pruning as one result on the first model's groups: the last model, and the plans
+    and records composed so that kept units, shapes and size attributes refer to the original.
+
+    A unit of an original group is kept when any position of its first member survives every
+    round (positions compose: a later round's kept positions index the earlier survivors).
+    """
+    first, last = results[0], results[-1]
+    survivors: dict[tuple[str, int], np.ndarray] = {}  # (tensor, axis) -> surviving original positions
+    for res in results:
+        step = kept_positions(res.groups, validate_keep(res.groups, res.plan.keep))
+        for key, pos in step.items():
+            survivors[key] = survivors[key][pos] if key in survivors else pos
+    keep = {}
+    for g in first.groups:
+        m = next((m for m in g.members if (m.param, m.axis) in survivors), None)
+        if m is not None:
+            units = np.unique(m.unit_of[survivors[(m.param, m.axis)]])
+            if len(units[units >= 0]) < g.n_units:
+                keep[g.id] = units[units >= 0].tolist()
+    by_kind: dict[str, dict[str, int]] = {}
+    for res in results:
+        for kind, s in res.plan.by_kind.items():
+            acc = by_kind.setdefault(kind, {"units": s["units"], "removed_units": 0, "removed_params": 0})
+            acc["removed_units"] += s["removed_units"]
+            acc["removed_params"] += s["removed_params"]
+    units = sum(s["units"] for s in by_kind.values())
+    plan = Plan(
+        keep=keep,
+        group_ratio=sum(s["removed_units"] for s in by_kind.values()) / units if units else 0.0,
+        params_removed=first.params_before - last.params_after,
+        by_kind=by_kind,
+    )
+    attributes = {(m, a): v for res in results for m, a, v in res.record.attributes}
+    configs = [res.record.config for res in results]
+    record = PruneRecord(
+        shapes={name: shape for res in results for name, shape in res.record.shapes.items()},
+        attributes=[(m, a, v) for (m, a), v in attributes.items()],
+        kept=keep,
+        config=None if any(c is None for c in configs) else {k: v for c in configs for k, v in c.items()},
+    )
+    return PruneResult(last.model, record, plan, first.groups, first.params_before, last.params_after)
 
 
 def check_finite_scores(scores: dict[str, np.ndarray], importance: str) -> None:

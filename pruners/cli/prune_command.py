@@ -71,6 +71,11 @@ def add_arguments(pr: argparse.ArgumentParser) -> None:
         "--layers", nargs=2, type=_layer_bound, metavar=("START", "END"),
         help="prune layers [START, END): indices (negative from the end) or fractions, e.g. 4 -2",
     )
+    pr.add_argument(
+        "--rounds", type=int,
+        help="prune in N rounds, re-scoring the pruned model between them (default 1); each round keeps the same "
+        "fraction of the parameters, together --ratio",
+    )
     pr.add_argument("--min-units", type=int, help="units every group keeps at least (default 1)")
     pr.add_argument("--round-to", type=int, help="round kept units per group to a multiple of this (default 1)")
     pr.add_argument("--calibration", help="text or Alpaca .json/.jsonl file for gradient/activation estimators")
@@ -144,7 +149,7 @@ FLAG_KEYS = {
     "aggregation": ("aggregation",), "kinds": ("kinds",), "strategy": ("strategy",), "layers": ("layers",), "min_units": ("min_units",),
     "round_to": ("round_to",), "calibration": ("calibration", "source"), "calibration_samples": ("calibration", "samples"),
     "calibration_seq_len": ("calibration", "seq_len"), "out": ("out",), "force": ("force",), "eval_text": ("eval_text",),
-    "tokenizer": ("tokenizer",), "seed": ("seed",), "allow_nonfinite": ("allow_nonfinite",), "device": ("device",),
+    "tokenizer": ("tokenizer",), "seed": ("seed",), "rounds": ("rounds",), "allow_nonfinite": ("allow_nonfinite",), "device": ("device",),
     "dtype": ("dtype",),
 }
 
@@ -354,6 +359,7 @@ def _prune_report(cfg, result, device) -> dict:
         "model": cfg.model,
         "out": cfg.out,
         "method": cfg.method,
+        "rounds": cfg.rounds,
         "importance": cfg.importance,
         "importance_options": cfg.importance_options,
         "aggregation": cfg.aggregation,

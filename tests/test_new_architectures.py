@@ -30,7 +30,6 @@ from depgraph.ops import HANDLERS, register
 from pruners.pipeline import PruneConfig, prune
 
 from zoo import (
-    ATOL,
     HEAD_DIM,
     HEADS,
     HIDDEN,
@@ -39,8 +38,8 @@ from zoo import (
     NEW_ARCHS,
     SEQ_SHAPE,
     VOCAB,
+    assert_oracle,
     logits,
-    masked_reference,
     n_params,
     removed_masks,
 )
@@ -137,12 +136,7 @@ def test_activation_parameters(traced, pruned):
 @pytest.mark.parametrize("arch,kind", CASES)
 def test_masked_dense_oracle(traced, pruned, batch, arch, kind):
     t, p = traced(arch), pruned(arch, kind)
-    ref = masked_reference(t.model, t.groups, p.keep)
-    got, want = logits(p.model, batch), logits(ref, batch)
-    assert got.shape == (*SEQ_SHAPE, VOCAB)
-    diff = (got - want).abs().max().item()
-    assert diff <= ATOL, f"max |pruned - masked| = {diff:.3e}"
-    assert (logits(t.model, batch) - want).abs().max().item() > 1e-3  # not a no-op
+    assert_oracle(t.model, t.groups, p.keep, p.model, batch)
     params = dict(t.model.named_parameters())
     removed = sum(int(m.sum()) for name, m in removed_masks(t.model, t.groups, p.keep).items() if name in params)
     assert n_params(p.model) == n_params(t.model) - removed

@@ -573,6 +573,18 @@ def _count(layer: int, n: int) -> int:
     return min(n - 1, max(1, round(n * (0.6, 0.35)[layer % 2])))
 
 
+def assert_oracle(model: nn.Module, groups, keep, pruned: nn.Module, ids: torch.Tensor) -> nn.Module:
+    """The masked-dense oracle: ``pruned`` computes the logits of ``model`` with the removed units
+    zeroed (to :data:`ATOL`), and the masking is not a no-op.  Returns the masked reference."""
+    ref = masked_reference(model, groups, keep)
+    got, want = logits(pruned, ids), logits(ref, ids)
+    assert got.shape == (*SEQ_SHAPE, VOCAB)
+    diff = (got - want).abs().max().item()
+    assert diff <= ATOL, f"max |pruned - masked| = {diff:.3e}"
+    assert (logits(model, ids) - want).abs().max().item() > 1e-3  # the masked model differs from the original
+    return ref
+
+
 def random_plan(groups, kind: str, seed: int = 0) -> dict[str, list[int]]:
     """A random plan for one kind, or for every exact kind at once (``combined``)."""
     rng = np.random.default_rng(seed)

@@ -236,6 +236,12 @@ class RunConfig(PruneConfig):
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         None, description="dtype the model is loaded, pruned and saved in (default: the checkpoint's)"
     )
+    recover: dict[str, Any] | None = Field(
+        None,
+        description="fine-tune the pruned model before saving it: the options of `depprune recover` (its "
+        "recovery.RecoverConfig, e.g. {data: {source: train.txt}, method: lora}), validated by that command; "
+        "CLI: --recover FILE sets data.source",
+    )
 
     @field_validator("method")
     @classmethod

@@ -55,13 +55,30 @@ def test_benchmarks_use_the_public_api_only():
     assert not bad, bad
 
 
+# what a plugin package (recovery, or any other) may import from pruners besides its top-level API:
+# the errors it raises and the command-line plumbing a command is made of
+PLUGIN_MODULES = {"pruners.errors", "pruners.cli.registry", "pruners.cli.arguments"}
+
+
+def test_recovery_uses_the_public_api_only():
+    public = set(pruners.__all__)
+    bad = []
+    for p in sources("recovery"):
+        for module, names in imports(p):
+            if module == "pruners" and not set(names) <= public:
+                bad.append((p.relative_to(REPO), module, sorted(set(names) - public)))
+            elif module.startswith(("pruners.", "depgraph")) and module not in PLUGIN_MODULES:
+                bad.append((p.relative_to(REPO), module, names))
+    assert sources("recovery") and not bad, bad
+
+
 def test_no_private_name_is_imported_across_packages():
     bad = []
-    for folder in ("benchmarks", "tests", "pruners", "depgraph"):
+    for folder in ("benchmarks", "tests", "pruners", "depgraph", "recovery"):
         for p in sources(folder):
             own = p.relative_to(REPO).parts[0]
             for module, names in imports(p):
-                if module.split(".")[0] in ("pruners", "depgraph") and module.split(".")[0] != own:
+                if module.split(".")[0] in ("pruners", "depgraph", "recovery") and module.split(".")[0] != own:
                     bad += [(p.relative_to(REPO), module, n) for n in names if n.startswith("_")]
     assert not bad, bad
 

@@ -84,6 +84,11 @@ def add_arguments(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--out", help="output directory (must be empty or absent unless --force)")
     pr.add_argument("--force", action="store_true", default=None, help="overwrite a non-empty --out")
     pr.add_argument("--eval-text", help="text file for perplexity before and after")
+    pr.add_argument(
+        "--recover", metavar="FILE",
+        help="then fine-tune the pruned model on FILE (text or Alpaca .json/.jsonl) with `depprune recover`'s recipe "
+        "before saving it; its options go under recover: in --config",
+    )
     pr.add_argument("--tokenizer", help="tokenizer directory (default: --model)")
     pr.add_argument("--seed", type=int, help="seed for random importance and calibration sampling (default 0)")
     pr.add_argument("--json", action="store_true", help="print one JSON object")
@@ -150,7 +155,7 @@ FLAG_KEYS = {
     "round_to": ("round_to",), "calibration": ("calibration", "source"), "calibration_samples": ("calibration", "samples"),
     "calibration_seq_len": ("calibration", "seq_len"), "out": ("out",), "force": ("force",), "eval_text": ("eval_text",),
     "tokenizer": ("tokenizer",), "seed": ("seed",), "rounds": ("rounds",), "allow_nonfinite": ("allow_nonfinite",), "device": ("device",),
-    "dtype": ("dtype",),
+    "dtype": ("dtype",), "recover": ("recover", "data", "source"),
 }
 
 
@@ -297,23 +302,41 @@ def _check_input_files(cfg) -> None:
         check_text_file(cfg.eval_text)
 
 
+def recovery_stage(cfg):
+    """The ``recover`` command's :class:`~pruners.cli.registry.Stage` and its checked config, or ``(None, None)``.
+
+    Found through the command registry (the recovery package registers ``depprune recover``),
+    so pruning never imports it.
+    """
+    if cfg.recover is None:
+        return None, None
+    from .registry import load_commands
+
+    command = load_commands().get("recover")
+    if command is None or command.stage is None:
+        raise UsageError("--recover needs the `depprune recover` command, which is not installed (pip install -e .)")
+    return command.stage, command.stage.check(cfg.recover, cfg.model, cfg.allow_nonfinite)
+
+
 def run(args) -> dict:
-    """Check everything, reserve OUT, then load, prune, evaluate and write OUT in one swap."""
+    """Check everything, reserve OUT, then load, prune, (recover,) evaluate and write OUT in one swap."""
     from ..io.output_dir import OutputDir
 
     cfg = run_config(args)
     device = check_device_options(cfg.device, cfg.dtype)  # e.g. --device cuda without CUDA: before anything is read
     _check_input_files(cfg)
+    stage = recovery_stage(cfg)  # its options and data file: checked before any model is loaded
     inputs = [cfg.model, cfg.tokenizer, cfg.calibration.source, cfg.eval_text, args.config]
+    inputs += stage[0].inputs(stage[1]) if stage[0] else []
     out = OutputDir(cfg.out, force=cfg.force, inputs=inputs, warn=warn)
     try:
-        return _prune_into(out, cfg, args, device)
+        return _prune_into(out, cfg, args, device, stage)
     except KeyboardInterrupt as e:
         e.replaced = out.written and cfg.out  # the swap was done: OUT is the new, complete model
         raise
 
 
-def _prune_into(out, cfg, args, device) -> dict:
+def _prune_into(out, cfg, args, device, stage=(None, None)) -> dict:
     """Inside the reserved OUT: load, prune, evaluate, write; return the report."""
     from ..importance import make_estimator, needs_of
     from ..io.checkpoint import load_model, load_tokenizer, write_pruned
@@ -328,9 +351,11 @@ def _prune_into(out, cfg, args, device) -> dict:
             check_context(cfg, skeleton)
         vocab = skeleton.get_input_embeddings().num_embeddings
         tokenizer = None
-        if needs_data or cfg.eval_text:
+        recovery, recovery_config = stage
+        if needs_data or cfg.eval_text or recovery:
             tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, trust_remote_code=trust, vocab_size=vocab)
         samples = run_samples(cfg, tokenizer) if needs_data else None  # too few tokens fails here, before any weight
+        prepared = recovery.prepare(recovery_config, tokenizer) if recovery else None  # tokenised training data
         analysis = analyze(skeleton)
         check_feasible(analysis[1], cfg, count_params(skeleton))  # plan errors before loading weights
         model = load_model(
@@ -338,16 +363,32 @@ def _prune_into(out, cfg, args, device) -> dict:
         )
         result = METHODS[cfg.method](model, cfg, progress=not args.quiet, analysis=analysis, samples=samples)
         report = _prune_report(cfg, result, device)
-        if cfg.eval_text:
-            from ..eval.perplexity import perplexity
+        from ..eval.perplexity import perplexity
 
+        if cfg.eval_text:
             report["eval_text"] = cfg.eval_text
             for key, m in (("ppl_before", model), ("ppl_after", result.model)):
                 report[key] = perplexity(m, tokenizer, cfg.eval_text, progress=not args.quiet)
             check_finite_metrics(report, ("ppl_before", "ppl_after"), cfg.allow_nonfinite)
+        final, write_files, stages = result.model, None, []
+        if recovery:
+            final, record, write_files = recovery.apply(recovery_config, prepared, result.model, model, tokenizer, not args.quiet)
+            stages.append(record)
+            report["recovery"] = record.get("report", {})
+            if cfg.eval_text:
+                report["ppl_recovered"] = perplexity(final, tokenizer, cfg.eval_text, progress=not args.quiet)
+                check_finite_metrics(report, ("ppl_recovered",), cfg.allow_nonfinite)
         # NaN/Inf (only with --allow-nonfinite) as strings: config.json stays standard JSON
         run = {"config": cfg.model_dump(mode="json", exclude={"force"}), "report": strict_json(report)}
-        out.write(lambda tmp: write_pruned(result.model, tmp, result.record, source=cfg.tokenizer or cfg.model, run=run))
+        if stages:
+            run["recovery"] = strict_json(stages)
+
+        def fill(tmp):
+            write_pruned(final, tmp, result.record, source=cfg.tokenizer or cfg.model, run=run)
+            if write_files is not None:
+                write_files(tmp)
+
+        out.write(fill)
     return report
 
 
@@ -385,6 +426,11 @@ def show(r: dict) -> None:
     print(f"{'parameters':<14}{r['params_before']:>14,}{r['params_after']:>14,}")
     if "ppl_before" in r:
         print(f"{'perplexity':<14}{r['ppl_before']:>14.3f}{r['ppl_after']:>14.3f}   ({Path(r['eval_text']).name})")
+    if "recovery" in r:
+        rec = r["recovery"]
+        ppl = f"perplexity {r['ppl_recovered']:.3f}, " if "ppl_recovered" in r else ""
+        print(f"recovered ({rec['method']}, {rec['steps']} steps, {rec['seconds']:.0f} s): {ppl}"
+              f"validation loss {rec['validation_loss_start']:.3f} -> {rec['validation_loss']:.3f}")
     if r.get("ratio_target") is not None:
         target = f"target {r['ratio_target']:.2%}"
     else:

@@ -17,8 +17,38 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from typing import Any, Protocol
 
 GROUP = "depprune.commands"
+
+
+class Stage(Protocol):
+    """Work a command can also do on a model another command has just made, in the same run.
+
+    ``depprune prune --recover FILE`` runs the ``recover`` command's stage on the pruned model
+    before anything is written: the pruning command knows the stage only through this protocol
+    (found on the registered command), never by importing its package.  The three calls come in
+    the order of a run, so bad input is refused before the long work:
+
+    - ``check(options, model, allow_nonfinite)``: the stage's options (a mapping from the run
+      file) validated, and its input files read; ``model`` is the directory of the source model.
+      Returns the stage's config.  Before any model is loaded.
+    - ``prepare(config, tokenizer)``: what needs the tokenizer (e.g. tokenised data); before the weights.
+    - ``apply(config, prepared, model, source_model, tokenizer, progress)``: the work, on ``model``
+      (which it may change in place); ``source_model`` is the unpruned model.  Returns the new
+      model, a JSON-serialisable record of the stage (for the run's report and ``config.json``)
+      and a function that writes the stage's own files into the output directory being filled.
+    """
+
+    def inputs(self, config) -> list[str]: ...  # the files the stage reads (the output may not overlap them)
+
+    def check(self, options: dict, model: str, allow_nonfinite: bool) -> Any: ...
+
+    def prepare(self, config, tokenizer) -> Any: ...
+
+    def apply(
+        self, config, prepared, model, source_model, tokenizer, progress: bool
+    ) -> tuple[Any, dict, Callable[[Any], None]]: ...
 
 
 @dataclass(frozen=True)
@@ -27,7 +57,8 @@ class Command:
 
     ``run(args)`` returns a JSON-serialisable report; ``show(report)`` prints it for people
     (``--json`` prints the report itself).  Errors the user caused are raised as
-    :class:`~pruners.errors.DeppruneError`.
+    :class:`~pruners.errors.DeppruneError`.  ``stage``, optional, is the command's work as a
+    :class:`Stage` that other commands chain.
     """
 
     name: str
@@ -36,6 +67,7 @@ class Command:
     run: Callable[[argparse.Namespace], dict]
     show: Callable[[dict], None]
     description: str | None = None
+    stage: Stage | None = None  # what another command's run may chain (``prune --recover`` uses recover's)
 
 
 def load_commands(group: str = GROUP) -> dict[str, Command]:

@@ -205,6 +205,18 @@ def load_pruned(
     return model, record
 
 
+def read_run(path: str | os.PathLike) -> dict | None:
+    """The run record (``depprune.run`` in ``config.json``: how the model was made) of a directory depprune wrote.
+
+    None when the directory holds no run record (a model saved by :func:`save_pruned` without
+    ``run``, or not written by depprune); a ``config.json`` that cannot be read is a
+    :class:`~pruners.errors.ModelSourceError`.
+    """
+    section = _read_config(check_model_dir(path, weights=False)).get("depprune")
+    run = section.get("run") if isinstance(section, dict) else None
+    return run if isinstance(run, dict) else None
+
+
 def read_hf_config(p: Path, trust: bool):
     """transformers' config object for ``p``, any failure as one line."""
     from transformers import AutoConfig

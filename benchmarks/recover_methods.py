@@ -11,8 +11,8 @@ Runs are appended to ``benchmarks/results/recovery.json`` as they finish (an int
 benchmark resumes where it stopped); ``--report`` writes ``recovery.md`` and ``recovery_ppl.png``
 from it.  Two runs go at once (``--jobs``), one thread each.
 
-    python benchmarks/recovery.py --steps 600 --seeds 0 1 2
-    python benchmarks/recovery.py --report
+    python benchmarks/recover_methods.py --steps 600 --seeds 0 1 2
+    python benchmarks/recover_methods.py --report
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import multiprocessing as mp
 import resource
 import time
 from pathlib import Path
+from queue import Empty
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -119,7 +120,14 @@ def run_all(args) -> None:
             job = todo.pop(0)
             running[key(job)] = ctx.Process(target=one_run, args=(job, queue))
             running[key(job)].start()
-        result = queue.get()
+        result = None
+        while result is None:  # a run that crashed puts nothing: stop, naming it, instead of waiting forever
+            try:
+                result = queue.get(timeout=5)
+            except Empty:
+                failed = [k for k, p in running.items() if p.exitcode not in (None, 0)]
+                if failed:
+                    raise SystemExit(f"run {failed[0]} failed (exit code {running[failed[0]].exitcode})") from None
         running.pop(key(result)).join()
         done.append(result)
         path.write_text(json.dumps(done, indent=1) + "\n")
@@ -128,7 +136,7 @@ def run_all(args) -> None:
 
 def report() -> None:
     rows = json.loads((RESULTS / "recovery.json").read_text())
-    lines = ["# Recovery after pruning (benchmarks/recovery.py)", "",
+    lines = ["# Recovery after pruning (benchmarks/recover_methods.py)", "",
              "| model | ratio | stage | data | seeds | TinyStories PPL | WikiText-2 PPL | train s | peak RSS MiB |",
              "|---|---|---|---|---|---|---|---|---|"]
     groups: dict = {}

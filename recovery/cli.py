@@ -25,6 +25,8 @@ from pruners.cli.arguments import (
     check_device_options,
     check_finite_metrics,
     check_path_argument,
+    read_config_option,
+    set_flags,
     short_repr,
     strict_json,
     warn,
@@ -107,27 +109,9 @@ def validated(cls, data: dict, where: str = ""):
 
 def run_config(args):
     """The run config: ``--config`` file values, overridden by the flags given on the command line."""
-    from pruners import read_run_file
-
     from .config import RecoverRunConfig
 
-    data: dict = {}
-    if args.config:
-        check_path_argument("--config", args.config)
-        try:
-            data = read_run_file(args.config)
-        except (FileNotFoundError, ValueError) as e:
-            raise UsageError(f"--config: {e}") from e
-    for flag, path in FLAG_KEYS.items():
-        value = getattr(args, flag)
-        if value is None:
-            continue
-        node = data
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise UsageError(f"{key} {short_repr(node)} in --config must be a mapping")
-        node[path[-1]] = value
+    data = set_flags(args, read_config_option(args), FLAG_KEYS)
     if args.epochs is not None:  # --epochs replaces a step count (the default's or the file's)
         data.setdefault("train", {})["max_steps"] = None
     for required, flag in (("model", "--model"), ("out", "--out")):

@@ -85,6 +85,41 @@ def check_path_argument(flag: str, value: object) -> str:
     return value
 
 
+def read_config_option(args) -> dict:
+    """The mapping in the ``--config`` run file (empty without one); a bad file is one UsageError naming it."""
+    from ..config import read_run_file
+
+    if not args.config:
+        return {}
+    check_path_argument("--config", args.config)
+    try:
+        return read_run_file(args.config)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"--config: {e}") from e
+
+
+def set_flags(args, data: dict, flag_keys: dict[str, tuple[str, ...]]) -> dict:
+    """``data`` (a run file's mapping) with every flag given on the command line written at its path.
+
+    ``flag_keys`` maps an argparse destination to its path in the run config, e.g.
+    ``{"seed": ("train", "seed")}``; flags left out (``None``) keep the file's value.
+
+    >>> set_flags(argparse.Namespace(seed=3, lr=None), {"train": {"lr": 0.1}}, {"seed": ("train", "seed"), "lr": ("train", "lr")})
+    {'train': {'lr': 0.1, 'seed': 3}}
+    """
+    for flag, path in flag_keys.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        node = data
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise UsageError(f"{key} {short_repr(node)} in --config must be a mapping, e.g. {{{path[-1]}: ...}}")
+        node[path[-1]] = value
+    return data
+
+
 def check_utf8(label: str, value: str) -> None:
     """Refuse a string holding undecodable bytes (Python keeps them as lone surrogates), shown escaped."""
     from ..io.text_input import is_text

@@ -19,6 +19,8 @@ from .arguments import (
     check_device_options,
     check_finite_metrics,
     check_path_argument,
+    read_config_option,
+    set_flags,
     short_repr,
     strict_json,
     warn,
@@ -163,27 +165,12 @@ def run_config(args):
     """The run config: ``--config`` file values, overridden by the flags given on the command line."""
     from pydantic import ValidationError
 
-    from ..config import RunConfig, read_run_file
+    from ..config import RunConfig
 
-    data: dict = {}
-    if args.config:
-        check_path_argument("--config", args.config)
-        try:
-            data = read_run_file(args.config)
-        except (FileNotFoundError, ValueError) as e:
-            raise UsageError(f"--config: {e}") from e
+    data = read_config_option(args)
     _target_from_command_line(args, data)
     _options_from_command_line(args, data)
-    for flag, path in FLAG_KEYS.items():
-        value = getattr(args, flag)
-        if value is None:
-            continue
-        node = data
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise UsageError(f"{key} {short_repr(node)} in --config must be a mapping, e.g. {{source: calib.txt, samples: 10}}")
-        node[path[-1]] = value
+    set_flags(args, data, FLAG_KEYS)
     for required in ("model", "out"):
         if data.get(required) is None:
             raise UsageError(f"--{required} is required (on the command line or in --config)")

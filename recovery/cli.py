@@ -339,8 +339,7 @@ class RecoverStage:
                          allow_nonfinite=chained.allow_nonfinite)
         device = next(result.model.parameters()).device
         report = stage_report(config, result, device)
-        record = {"config": config.model_dump(mode="json"), "report": report, "validation": result.validation}
-        return result.model, record, lambda tmp: write_files(tmp, config, result, base=None)
+        return result.model, stage_record(config, result, report), lambda tmp: write_files(tmp, config, result, base=None)
 
 
 def show(r: dict) -> None:

@@ -34,7 +34,7 @@ from pruners.errors import NonFiniteError, UsageError
 
 from . import checkpoints
 from .config import RecoverConfig
-from .data import TrainingData, build_data, collate, epoch_order, pad_id
+from .data import IGNORE, TrainingData, build_data, collate, epoch_order, pad_id
 from .lora import adapter_state, add_adapters, merge_adapters
 from .losses import kd_loss, lm_loss
 
@@ -306,7 +306,7 @@ def validation_loss(model: nn.Module, data: TrainingData, batch_size: int, max_b
             break
         batch = {k: v.to(device) for k, v in collate(seqs[i : i + batch_size], 0).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
-        labelled = int((batch["labels"][:, 1:] != -100).sum())
+        labelled = int((batch["labels"][:, 1:] != IGNORE).sum())
         total += lm_loss(logits, batch["labels"]).item() * labelled
         count += labelled
     model.train(was_training)

@@ -286,10 +286,11 @@ def save_adapter(directory: Path, adapter: dict, base: str | None) -> None:
 
 @dataclass(frozen=True)
 class Chained:
-    """A recovery chained after pruning: its config and the run's NaN/Inf policy."""
+    """A recovery chained after pruning: its config and the run's NaN/Inf and model-code policies."""
 
     config: object  # RecoverConfig
     allow_nonfinite: bool
+    trust_remote_code: bool
 
 
 class RecoverStage:
@@ -298,7 +299,7 @@ class RecoverStage:
     def inputs(self, chained: Chained) -> list[str]:
         return [chained.config.data.source, chained.config.distill.teacher]
 
-    def check(self, options: dict, model: str, allow_nonfinite: bool) -> Chained:
+    def check(self, options: dict, model: str, *, allow_nonfinite: bool, trust_remote_code: bool) -> Chained:
         from .config import RecoverConfig
         from .data import read_data
 
@@ -311,10 +312,11 @@ class RecoverStage:
 
         config = validated(RecoverConfig, options, "recover.")
         read_data(config.data)
-        check_context(config.data.seq_len, load_model(model, weights=False), "recover.data.seq_len")
+        skeleton = load_model(model, weights=False, trust_remote_code=trust_remote_code)
+        check_context(config.data.seq_len, skeleton, "recover.data.seq_len")
         if config.method == "kd" and config.distill.teacher is not None:
-            check_teacher_vocab(model, config.distill.teacher, trust=False)
-        return Chained(config, allow_nonfinite)
+            check_teacher_vocab(model, config.distill.teacher, trust=trust_remote_code)
+        return Chained(config, allow_nonfinite, trust_remote_code)
 
     def prepare(self, chained: Chained, tokenizer):
         from .data import build_data
@@ -331,7 +333,8 @@ class RecoverStage:
         if config.method == "kd":
             if config.distill.teacher is not None:
                 device = next(model.parameters()).device
-                teacher = load_model(config.distill.teacher, device, dtype=next(model.parameters()).dtype)
+                teacher = load_model(config.distill.teacher, device, dtype=next(model.parameters()).dtype,
+                                     trust_remote_code=chained.trust_remote_code)
             else:
                 teacher = source_model  # the unpruned model, already in memory
             check_teacher(model, teacher)

@@ -233,3 +233,33 @@ def test_prune_recover_chains_both_and_recovers_perplexity(capsys, tmp_path, rec
     assert (out / "recovery_loss.png").is_file() and (out / "recovery_log.json").is_file()
     model, _ = load_pruned(out)
     assert sum(p.numel() for p in model.parameters()) == report["params_after"]
+
+
+def custom_code_copy(model, dest):
+    """``model`` re-expressed as a model with its own code (``auto_map``): it loads only with trust_remote_code."""
+    shutil.copytree(model, dest)
+    (dest / "configuration_custom.py").write_text(
+        "from transformers import LlamaConfig\n\nclass CustomConfig(LlamaConfig):\n    model_type = 'custom-llama'\n")
+    (dest / "modeling_custom.py").write_text(
+        "from transformers import LlamaForCausalLM\nfrom .configuration_custom import CustomConfig\n\n"
+        "class CustomForCausalLM(LlamaForCausalLM):\n    config_class = CustomConfig\n")
+    cfg = json.loads((dest / "config.json").read_text())
+    cfg.update(model_type="custom-llama", architectures=["CustomForCausalLM"],
+               auto_map={"AutoConfig": "configuration_custom.CustomConfig",
+                         "AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"})
+    (dest / "config.json").write_text(json.dumps(cfg))
+    return dest
+
+
+def test_prune_recover_passes_trust_remote_code_to_the_recovery_checks(dirs, capsys, tmp_path):
+    """A model with its own code, chained with --recover: the recovery's checks load it as pruning does."""
+    model = custom_code_copy(dirs["dense"], tmp_path / "custom")
+    run = tmp_path / "run.yaml"
+    run.write_text("recover:\n  data: {seq_len: 32, validation: 8}\n  train: {max_steps: 2, batch_size: 4, eval_every: 2}\n")
+    argv = ("prune", "--model", model, "--ratio", "0.15", "--recover", dirs["text"], "--config", run, "--quiet")
+    code, _, err = run_cli(capsys, *argv, "--out", tmp_path / "refused")
+    assert_refused(code, err, "--trust-remote-code")
+    code, _, err = run_cli(capsys, *argv, "--out", tmp_path / "out", "--trust-remote-code")
+    assert code == 0, err
+    record = json.loads((tmp_path / "out" / "config.json").read_text())["depprune"]["run"]
+    assert [r["config"]["method"] for r in record["recovery"]] == ["lora"]

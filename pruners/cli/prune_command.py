@@ -289,7 +289,7 @@ def _check_input_files(cfg) -> None:
         check_text_file(cfg.eval_text)
 
 
-def recovery_stage(cfg):
+def recovery_stage(cfg, trust_remote_code: bool):
     """The ``recover`` command's :class:`~pruners.cli.registry.Stage` and its checked config, or ``(None, None)``.
 
     Found through the command registry (the recovery package registers ``depprune recover``),
@@ -302,7 +302,9 @@ def recovery_stage(cfg):
     command = load_commands().get("recover")
     if command is None or command.stage is None:
         raise UsageError("--recover needs the `depprune recover` command, which is not installed (pip install -e .)")
-    return command.stage, command.stage.check(cfg.recover, cfg.model, cfg.allow_nonfinite)
+    return command.stage, command.stage.check(
+        cfg.recover, cfg.model, allow_nonfinite=cfg.allow_nonfinite, trust_remote_code=trust_remote_code
+    )
 
 
 def run(args) -> dict:
@@ -312,7 +314,7 @@ def run(args) -> dict:
     cfg = run_config(args)
     device = check_device_options(cfg.device, cfg.dtype)  # e.g. --device cuda without CUDA: before anything is read
     _check_input_files(cfg)
-    stage = recovery_stage(cfg)  # its options and data file: checked before any model is loaded
+    stage = recovery_stage(cfg, args.trust_remote_code)  # its options and data file: checked before any model is loaded
     inputs = [cfg.model, cfg.tokenizer, cfg.calibration.source, cfg.eval_text, args.config]
     inputs += stage[0].inputs(stage[1]) if stage[0] else []
     out = OutputDir(cfg.out, force=cfg.force, inputs=inputs, warn=warn)

@@ -30,9 +30,10 @@ class Stage(Protocol):
     (found on the registered command), never by importing its package.  The three calls come in
     the order of a run, so bad input is refused before the long work:
 
-    - ``check(options, model, allow_nonfinite)``: the stage's options (a mapping from the run
-      file) validated, and its input files read; ``model`` is the directory of the source model.
-      Returns the stage's config.  Before any model is loaded.
+    - ``check(options, model, allow_nonfinite=, trust_remote_code=)``: the stage's options (a
+      mapping from the run file) validated, and its input files read; ``model`` is the directory
+      of the source model, opened under the run's own ``--allow-nonfinite`` and
+      ``--trust-remote-code``.  Returns the stage's config.  Before any model is loaded.
     - ``prepare(config, tokenizer)``: what needs the tokenizer (e.g. tokenised data); before the weights.
     - ``apply(config, prepared, model, source_model, tokenizer, progress)``: the work, on ``model``
       (which it may change in place); ``source_model`` is the unpruned model.  Returns the new
@@ -42,7 +43,7 @@ class Stage(Protocol):
 
     def inputs(self, config) -> list[str]: ...  # the files the stage reads (the output may not overlap them)
 
-    def check(self, options: dict, model: str, allow_nonfinite: bool) -> Any: ...
+    def check(self, options: dict, model: str, *, allow_nonfinite: bool, trust_remote_code: bool) -> Any: ...
 
     def prepare(self, config, tokenizer) -> Any: ...
 

@@ -220,13 +220,16 @@ def write_plot(groups: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     model = "stories260K"
     dense = dense_ppl(groups, model)
     ratios = sorted({k[1] for k in groups if k[0] == model and k[1] > 0})
     fig, axes = plt.subplots(1, len(ratios), figsize=(6 * len(ratios), 4.5), squeeze=False)
     for ax, ratio in zip(axes[0], ratios):
-        runs = [(k, rs) for k, rs in groups.items() if k[0] == model and k[1] == ratio and k[3] is not None]
+        order = {"lora": 0, "kd": 1, "full": 2}
+        runs = sorted(((k, rs) for k, rs in groups.items() if k[0] == model and k[1] == ratio and k[3] is not None),
+                      key=lambda kr: (kr[0][3] != "tinystories", kr[0][4], order.get(kr[0][2], 3)))
         labels = [f"{k[2]}\n{k[3]}\n{k[4]} st" for k, _ in runs]
         stats = [mean_sd(rs, "ppl_tinystories") for _, rs in runs]
         colors = {"lora": "tab:blue", "kd": "tab:green", "full": "tab:orange"}
@@ -239,10 +242,14 @@ def write_plot(groups: dict, path: Path) -> None:
             ax.axhline(TARGETS[ratio] * dense, color="black", linestyle="--", label=f"target {TARGETS[ratio]}x dense")
         ax.set_xticks(range(len(runs)), labels, fontsize=7)
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_ylabel("TinyStories-valid perplexity (log)")
-        ax.set_title(f"{model}, {ratio:.0%} of parameters removed (wanda-sp), mean ± sd over seeds")
+        ax.set_title(f"{ratio:.0%} of parameters removed")
         ax.legend(fontsize=7)
         ax.grid(True, axis="y", which="both", alpha=0.3)
+    fig.suptitle(f"{model} pruned by wanda-sp, then recovered (mean ± sd over seeds; hatched: trained on Alpaca)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

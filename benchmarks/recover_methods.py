@@ -198,7 +198,8 @@ def comparison_lines(groups: dict) -> list[str]:
     lines = []
     keys = sorted({(k[0], k[1], k[3], k[4]) for k in groups if k[3] is not None}, key=str)
     for model, ratio, data, steps in keys:
-        pruned = [r for k, rs in groups.items() if k[:3] == (model, ratio, "pruned") for r in rs]
+        seeds = {r["seed"] for k, rs in groups.items() if k[:2] == (model, ratio) and k[3:] == (data, steps) for r in rs}
+        pruned = [r for k, rs in groups.items() if k[:3] == (model, ratio, "pruned") for r in rs if r["seed"] in seeds]
         if not pruned:
             continue
         base, wiki = mean_sd(pruned, "ppl_tinystories")[0], mean_sd(pruned, "ppl_wikitext2")[0]
@@ -268,7 +269,7 @@ def report() -> None:
              f"budget of the targets ({BUDGET_S} s) is checked against the run's CPU time (train CPU s), or its wall "
              "time where no CPU time was recorded (the first 1,000-step runs).", "",
              "## Targets (stories260K)", "", *target_lines(groups), "",
-             "## What each method buys (perplexity, mean over seeds)", "", *comparison_lines(groups), "",
+             "## What each method buys (perplexity, mean over seeds; pruned: the same seeds)", "", *comparison_lines(groups), "",
              "## Table", "",
              "| model | ratio | stage | data | steps | n | TinyStories PPL | x dense | WikiText-2 PPL | train s | train CPU s | peak RSS MiB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]

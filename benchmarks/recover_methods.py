@@ -268,6 +268,9 @@ def report() -> None:
              "65,536 tokens of WikiText-2 test (128-token windows). Mean ± sd over seeds (n). The training "
              f"budget of the targets ({BUDGET_S} s) is checked against the run's CPU time (train CPU s), or its wall "
              "time where no CPU time was recorded (the first 1,000-step runs).", "",
+             *(["**Partial:** " + ", ".join(sorted({f"{k[0]} on {k[3]} ({k[4]} steps)" for k, rs in groups.items() if k[3] and len(rs) < 3}))
+                + " have fewer than 3 seeds so far (n); the script resumes from recovery.json.", ""]
+               if any(k[3] and len(rs) < 3 for k, rs in groups.items()) else []),
              "## Targets (stories260K)", "", *target_lines(groups), "",
              "## What each method buys (perplexity, mean over seeds; pruned: the same seeds)", "", *comparison_lines(groups), "",
              "## Table", "",

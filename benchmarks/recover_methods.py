@@ -11,8 +11,12 @@ Runs are appended to ``benchmarks/results/recovery.json`` as they finish (an int
 benchmark resumes where it stopped); ``--report`` writes ``recovery.md`` and ``recovery_ppl.png``
 from it.  Two runs go at once (``--jobs``), one thread each.
 
-    python benchmarks/recover_methods.py --steps 600 --seeds 0 1 2
+    python benchmarks/recover_methods.py --steps 300       # the grid (~4 min a run, two at a time)
+    python benchmarks/recover_methods.py --models stories260K --methods kd --data tinystories --steps 550
+    python benchmarks/recover_methods.py --models stories260K --methods kd --data tinystories --ratios 0.5 --steps 750
     python benchmarks/recover_methods.py --report
+
+(the last two: the most kd steps that fit the 10-CPU-minute budget at 20% and at 50%).
 """
 
 from __future__ import annotations

@@ -418,22 +418,6 @@ def test_zero_shot_items_longer_than_the_context_keep_its_end():
     assert continuation_logprob(model, tok, context, continuation) == pytest.approx(expected, abs=1e-4)
 
 
-def test_a_saved_buffer_of_the_wrong_shape_is_refused(tmp_path, capsys):
-    import torch
-
-    from pruners.io.checkpoint import BUFFER_FILE, load_model, save_pruned
-    from pruners.pipeline import PruneConfig, prune
-
-    result = prune(load_model(STORIES), PruneConfig(ratio=0.2), progress=False)
-    out = save_pruned(result.model, tmp_path / "pruned", result.record, source=STORIES)
-    buffers = load_file(out / BUFFER_FILE)
-    buffers = {n: torch.zeros(b.shape[0] - 1) if "inv_freq" in n else b for n, b in buffers.items()}
-    save_file(buffers, out / BUFFER_FILE)
-    capsys.readouterr()  # the setup's own loading messages
-    code, _, err = run_cli(capsys, "eval", "--model", out, "--ppl", VALID, "--quiet")
-    assert_refused(code, err, "buffers do not match the architecture: model.rotary_emb.inv_freq [3] (expected [4])")
-
-
 def test_speed_of_a_model_with_a_short_context_fits_it():
     from pruners.eval import generation_speed
 

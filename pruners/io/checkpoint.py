@@ -11,6 +11,7 @@ failure never leaves a partial output or touches anything depprune did not write
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ModelSourceError
+from ..errors import ModelSourceError, PlanError
 from ..slicing.executor import PruneRecord, owner_and_attr
 from .device import dtype_name, resolve_device, resolve_dtype
 from .model_files import (
@@ -36,13 +37,12 @@ from .model_files import (
     exception_line,
     has_safetensors,
     mismatch_error,
-    read_safetensors_header,
 )
 from .output_dir import OutputDir
 
 FORMAT = 1
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")  # loadable weights: safetensors only, never pickles
-BUFFER_FILE = "depprune_buffers.safetensors"
+SHARD_SIZE = 5 * 10**9  # bytes per safetensors shard, as on the Hugging Face hub
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt")
 
 
@@ -409,7 +409,7 @@ def _load_state(model: nn.Module, path: Path, device: torch.device, tensors: dic
     Each tensor is read onto ``device`` and, when it is floating point, cast to the dtype of the
     model's tensor of that name (the dtype the model was built in), one tensor at a time.
     Tied weights (one Parameter under several names) are stored once under any of their names;
-    non-persistent buffers are not expected; ``depprune_buffers.safetensors`` restores computed ones.
+    non-persistent buffers are not expected: the model computed them when it was built.
     """
     tensors = check_weights(path) if tensors is None else tensors
     if not tensors:
@@ -438,20 +438,6 @@ def _load_state(model: nn.Module, path: Path, device: torch.device, tensors: dic
             for n in names:
                 mod, attr = owner_and_attr(model, n)
                 setattr(mod, attr, getattr(source_mod, source_attr))
-    buffers = path / BUFFER_FILE
-    if buffers.is_file() or buffers.is_symlink():
-        header = read_safetensors_header(buffers)
-        known = dict(model.named_buffers())
-        wrong = [n for n in header if n not in known]
-        if wrong:
-            raise ModelSourceError(f"{buffers}: the model has no buffers named {', '.join(sorted(wrong)[:5])}")
-        misshaped = [f"{n} {list(shape)} (expected {list(known[n].shape)})" for n, (_, shape) in sorted(header.items())
-                     if tuple(shape) != tuple(known[n].shape)]
-        if misshaped:
-            raise ModelSourceError(f"{buffers}: buffers do not match the architecture: {', '.join(misshaped[:5])}")
-        for name, value in _read_tensors(buffers, device, {n: b.dtype for n, b in known.items()}).items():
-            mod, attr = owner_and_attr(model, name)
-            mod._buffers[attr] = value
 
 
 def _read_tensors(file: Path, device: torch.device, dtypes: dict[str, torch.dtype]) -> dict[str, torch.Tensor]:
@@ -484,17 +470,19 @@ def save_pruned(
     source: str | os.PathLike | None = None,
     force: bool = False,
     run: dict | None = None,
+    max_shard_size: int = SHARD_SIZE,
 ) -> Path:
     """Write the pruned model to ``out`` safely, through :class:`pruners.io.output_dir.OutputDir`.
 
     ``out`` is checked and locked first; the files are written to a temporary directory beside it
     and swapped in atomically.  ``force`` replaces only a directory depprune wrote; ``out`` may not
     overlap ``source``.  ``run`` (JSON-serialisable: the run config and its outcome) is kept in
-    ``config.json`` under ``depprune.run``, so a checkpoint says how it was made.  Raises
+    ``config.json`` under ``depprune.run``, so a checkpoint says how it was made.  Weights over
+``max_shard_size`` bytes are sharded (see :func:`save_weights`).  Raises
     :class:`pruners.errors.OutputError` when ``out`` cannot be written without risking other data.
     """
     with OutputDir(out, force=force, inputs=[source]) as od:
-        return od.write(lambda tmp: write_pruned(model, tmp, record, source, run))
+        return od.write(lambda tmp: write_pruned(model, tmp, record, source, run, max_shard_size))
 
 
 def write_pruned(
@@ -503,21 +491,22 @@ def write_pruned(
     record: PruneRecord,
     source: str | os.PathLike | None = None,
     run: dict | None = None,
+    max_shard_size: int = SHARD_SIZE,
 ) -> None:
     """Fill the existing (empty) ``directory`` with the pruned model: weights, config, tokenizer files.
 
+    The weights go to ``model.safetensors``, or to shards of at most ``max_shard_size`` bytes
+    and their ``model.safetensors.index.json``.  Nothing else holds tensors: computed buffers
+    (rotary tables, embedding scales) are rebuilt from the config on load, which
+    :func:`check_rebuilt_buffers` makes sure of before anything is written.
     Deterministic: the same model gives byte-identical files in any process.
     """
     directory = Path(directory)
-    save_state(model, directory / "model.safetensors")
+    check_rebuilt_buffers(model, record)
+    save_weights(model, directory, max_shard_size)
     model.config.save_pretrained(directory)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(directory)
-    computed = computed_buffers(model)
-    if computed:  # non-persistent buffers (rotary tables, scales) may have been sliced: keep their values
-        from safetensors.torch import save_file
-
-        save_file({n: b.detach().contiguous().cpu() for n, b in computed.items()}, str(directory / BUFFER_FILE))
     cfg = json.loads((directory / "config.json").read_text())
     cfg.pop("torch_dtype", None)
     cfg["dtype"] = dtype_name(weights_dtype(model))  # what the tensors are, even after a model.to(dtype)
@@ -577,9 +566,66 @@ def state_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def save_state(model: nn.Module, path: str | os.PathLike) -> None:
-    """The weights under the model's own parameter names (``save_pretrained`` may rename keys to legacy
-    ones, e.g. GPT-NeoX's lm_head -> embed_out), tied weights once, no metadata but the format."""
+def save_weights(model: nn.Module, directory: Path, max_shard_size: int = SHARD_SIZE) -> list[str]:
+    """Write the weights as ``model.safetensors``, or as shards with an index when they exceed ``max_shard_size`` bytes.
+
+    Tensors keep the model's own parameter names (``save_pretrained`` may rename keys to legacy
+    ones, e.g. GPT-NeoX's lm_head -> embed_out), tied weights once, no metadata but the format.
+    Shards take tensors in name order, a new one when the next tensor would overflow (a tensor
+    larger than ``max_shard_size`` gets a shard of its own); the index is Hugging Face's
+    ``{"metadata": {"total_size": ...}, "weight_map": {tensor: shard}}``.  Returns the file names written.
+    """
     from safetensors.torch import save_file
 
-    save_file(state_to_save(model), str(path), metadata={"format": "pt"})
+    if max_shard_size < 1:
+        raise ValueError(f"max_shard_size must be a positive number of bytes, got {max_shard_size}")
+    state = state_to_save(model)
+    nbytes = {n: t.numel() * t.element_size() for n, t in state.items()}
+    total = sum(nbytes.values())
+    if total <= max_shard_size:
+        save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+        return ["model.safetensors"]
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name in state:  # state_to_save sorts by name
+        if shards[-1] and size + nbytes[name] > max_shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes[name]
+    files = [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
+    weight_map = {}
+    for file, names in zip(files, shards):
+        save_file({n: state[n] for n in names}, str(directory / file), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(names, file))
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return [*files, "model.safetensors.index.json"]
+
+
+def check_rebuilt_buffers(model: nn.Module, record: PruneRecord) -> None:
+    """Refuse (:class:`~pruners.errors.PlanError`) a pruned model whose computed buffers loading would not rebuild.
+
+    Non-persistent buffers (rotary ``inv_freq``, Gemma's ``embed_scale``) are not saved: the
+    architecture computes them from ``config.json`` when it is built.  Here the model is built
+    as :func:`load_model` builds it -- parameters on meta, buffers for real, the record applied
+    -- and each computed buffer compared with the pruned model's.  A plan that slices one
+    (a buffer along a pruned axis) would load as a different model, so it is refused.
+    """
+    computed = computed_buffers(model)
+    if not computed or not hasattr(model, "config"):
+        return
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        rebuilt = type(model)(copy.deepcopy(model.config))
+    apply_record(rebuilt, {"format": FORMAT, "record": record.to_dict()})
+    again = dict(rebuilt.named_buffers())
+    for name, b in sorted(computed.items()):
+        r = again.get(name)
+        if r is None or r.shape != b.shape or not torch.equal(r.to(device=b.device, dtype=b.dtype), b):
+            raise PlanError(
+                f"the pruned model's computed buffer {name!r} {list(b.shape)} is not what its config rebuilds"
+                f" ({'none' if r is None else list(r.shape)}): such buffers are not saved, so the output would"
+                " load as another model; leave the structures it follows out of the plan (--kinds)"
+            )

@@ -51,14 +51,18 @@ def test_uniform_sizes_are_written_into_the_plain_config(uniform, name, tmp_path
 
 
 @pytest.mark.shared
-def test_the_directory_holds_exactly_the_model_files(tmp_path):
+@pytest.mark.parametrize("kinds", [["mlp_channel"], ["attention", "mlp_channel"]])
+def test_the_directory_holds_exactly_the_model_files(kinds, tmp_path):
+    """stories260K (hidden 64, 8 heads in 4 KV groups): 3 of 4 KV groups leave 6 heads, which
+    LlamaConfig refuses (hidden_size % num_attention_heads != 0), so its sizes go per layer."""
     from pruners.io.checkpoint import load_model
 
-    result = prune(load_model(STORIES), PruneConfig(ratio=0.2, importance="l2"), progress=False)
+    result = prune(load_model(STORIES), PruneConfig(ratio=0.2, importance="l2", kinds=kinds), progress=False)
     out = save_pruned(result.model, tmp_path / "o", result.record, source=STORIES)
+    code = ["modeling_depprune.py"] if len(kinds) == 2 else []
     assert sorted(p.name for p in out.iterdir()) == [
         ".depprune-output.json",  # OutputDir's marker: --force replaces only what depprune wrote
-        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+        "config.json", "generation_config.json", "model.safetensors", *code, "tokenizer.json", "tokenizer_config.json",
     ]
 
 
@@ -93,3 +97,116 @@ def test_a_computed_buffer_the_config_cannot_rebuild_is_refused_before_writing(u
     with pytest.raises(PlanError, match=r"computed buffer 'model.rotary_emb.inv_freq' \[3\] is not what its config rebuilds \(\[4\]\)"):
         save_pruned(model, tmp_path / "b", uniform["llama_gqa"].record)
     assert not (tmp_path / "b").exists()
+
+
+# -- round trip: prune -> save -> load in a fresh process where depprune is not importable --------
+
+CHILD = r'''
+import json, sys
+
+
+class NoDepprune:  # depprune's packages are installed here: make sure the output does not need them
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"depgraph", "pruners", "recovery"}:
+            raise ImportError(f"the pruned model imported {name}")
+
+
+sys.meta_path.insert(0, NoDepprune())
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+report = {}
+cases_file, report_file = sys.argv[1:]
+for case in json.loads(open(cases_file).read()):
+    name, out, remote = case["name"], case["out"], case["remote"]
+    try:
+        if remote:  # without trust_remote_code transformers must refuse, not build the unpruned model
+            try:
+                AutoModelForCausalLM.from_pretrained(out)
+                report[name] = "opened without trust_remote_code"
+                continue
+            except ValueError as e:
+                if "trust_remote_code" not in str(e):
+                    raise
+        model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=remote).eval()
+        ref = load_file(case["ref"])
+        with torch.no_grad():
+            got = model(ref["ids"]).logits
+        report[name] = float((got - ref["logits"]).abs().max())
+    except Exception as e:
+        report[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+open(report_file, "w").write(json.dumps(report))
+'''
+
+MODES = {
+    "uniform": PruneConfig(ratio=0.3, importance="l2"),
+    "per_layer": PruneConfig(ratio=0.3, importance="l2", strategy="global",
+                             kinds=["attention", "mlp_channel", "hidden_channel"]),
+}
+# per-layer sizes that transformers' per_layer_config schema expresses (the others: the record only)
+PER_LAYER_SCHEMA = {"llama_gqa", "llama_mha", "mistral", "mistral_eager", "qwen2", "phi3", "gemma", "phi"}
+
+
+@pytest.fixture(scope="module")
+def round_trip(tmp_path_factory):
+    """Every zoo architecture in every mode, saved, and opened by a child process without depprune."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("round_trip")
+    cases, saved = [], {}
+    for name, arch in sorted(ZOO.items()):
+        model = arch.build()
+        for mode, config in MODES.items():
+            result = prune(model, config, progress=False)
+            key = f"{name}-{mode}"
+            out = save_pruned(result.model, root / key, result.record)
+            ref = root / f"{key}.ref.safetensors"
+            save_file({"ids": IDS, "logits": logits(result.model)}, str(ref))
+            cfg = json.loads((out / "config.json").read_text())
+            saved[key] = (out, cfg, result)
+            cases.append({"name": key, "out": str(out), "ref": str(ref), "remote": "auto_map" in cfg})
+    env = {**os.environ, "HF_MODULES_CACHE": str(root / "modules"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    (root / "cases.json").write_text(json.dumps(cases))
+    proc = subprocess.run([sys.executable, "-c", CHILD, "cases.json", "report.json"], capture_output=True, text=True,
+                          cwd=root, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads((root / "report.json").read_text()), saved
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_the_output_opens_in_plain_transformers_without_depprune(round_trip, name, mode):
+    report, saved = round_trip
+    err = report[f"{name}-{mode}"]
+    assert isinstance(err, float) and err <= 1e-5, err
+    out, cfg, result = saved[f"{name}-{mode}"]
+    plain = mode == "uniform" and name in PLAIN_CONFIG
+    assert cfg["depprune"]["hf_loadable"] is plain
+    files = {p.name for p in out.iterdir()} - {".depprune-output.json", "generation_config.json"}
+    assert files == ({"config.json", "model.safetensors"} | (set() if plain else {"modeling_depprune.py"}))
+    if not plain:
+        assert cfg["model_type"] == "depprune_" + result.model.config.model_type
+        assert cfg["architectures"] == ["Depprune" + type(result.model).__name__]
+        assert ("per_layer_config" in cfg) == (mode == "per_layer" and name in PER_LAYER_SCHEMA)
+
+
+@pytest.mark.parametrize("name", sorted(PER_LAYER_SCHEMA))
+def test_per_layer_config_describes_each_layer(round_trip, name):
+    """transformers resolves ``config.per_layer_config[i]``; each resolved layer config builds the pruned layer."""
+    from transformers import AutoConfig
+
+    from pruners.slicing.layer_config import build_layer, decoder_layers
+
+    _, saved = round_trip
+    out, cfg, result = saved[f"{name}-per_layer"]
+    config = AutoConfig.from_pretrained(out, trust_remote_code=True)
+    assert config.is_heterogeneous
+    _, layers = decoder_layers(result.model)
+    for i, layer in enumerate(layers):
+        built = build_layer(type(layer), config.per_layer_config[i], i)
+        assert {n: p.shape for n, p in built.named_parameters()} == {n: p.shape for n, p in layer.named_parameters()}

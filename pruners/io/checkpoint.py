@@ -39,6 +39,7 @@ from .model_files import (
     mismatch_error,
 )
 from .output_dir import OutputDir
+from .remote_code import MODEL_TYPE_PREFIX, MODELING_FILE, modeling_code, recorded_sizes
 
 FORMAT = 1
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")  # loadable weights: safetensors only, never pickles
@@ -147,13 +148,14 @@ def load_model(
     p = check_model_dir(path, weights, trust)
     raw = _read_config(p)
     where = p / "config.json"
-    reason = custom_code(raw, str(where))
+    generated = generated_code(raw)
+    reason = None if generated else custom_code(raw, str(where))  # depprune's own modeling code is never run
     if reason and not trust:
         raise ModelSourceError(reason)
     dtype = resolve_dtype(dtype_name(dtype) if isinstance(dtype, torch.dtype) else dtype, checkpoint_dtype(raw))
     tensors = check_weights(p) if weights else {}  # refuses pickle-only and corrupt weights
     load_weights = weights and has_weights(p)  # a valid file without tensors still fails below
-    config = read_hf_config(p, trust)
+    config = source_config(raw, where) if generated else read_hf_config(p, trust)
     attn = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if "depprune" in raw or not load_weights:
         # parameters on meta (the weights come later); non-persistent buffers (rotary inv_freq)
@@ -226,6 +228,36 @@ def read_hf_config(p: Path, trust: bool):
         config = AutoConfig.from_pretrained(p, trust_remote_code=trust)
     except Exception as e:
         raise ModelSourceError(f"transformers cannot read {where}: {exception_line(e)}") from e
+    check_config(config, f"{where} (as transformers reads it)")
+    return config
+
+
+def generated_code(raw: dict) -> bool:
+    """Whether a parsed ``config.json`` belongs to a directory with depprune's generated modeling code.
+
+    >>> generated_code({"model_type": "depprune_llama", "depprune": {"source_model_type": "llama"}})
+    True
+    """
+    section = raw.get("depprune")
+    source = section.get("source_model_type") if isinstance(section, dict) else None
+    return isinstance(source, str) and raw.get("model_type") == MODEL_TYPE_PREFIX + source
+
+
+def source_config(raw: dict, where: Path):
+    """The source architecture's config for a directory with generated modeling code (which is not run).
+
+    Its own fields with the source ``model_type``, without the code's ``auto_map`` and without
+    ``per_layer_config``: the record gives the pruned sizes (see :func:`apply_record`).
+    """
+    from transformers import CONFIG_MAPPING
+
+    source = raw["depprune"]["source_model_type"]
+    fields = {k: v for k, v in raw.items() if k not in ("auto_map", "per_layer_config", "architectures")}
+    fields["model_type"] = source
+    try:
+        config = CONFIG_MAPPING[source].from_dict(fields)
+    except Exception as e:
+        raise ModelSourceError(f"transformers cannot read {where} as a {source} config: {exception_line(e)}") from e
     check_config(config, f"{where} (as transformers reads it)")
     return config
 
@@ -513,6 +545,16 @@ def write_pruned(
     # config.json carries the pruned sizes when the architecture can express them (then any
     # transformers install loads it); the record always lets load_model rebuild per-layer sizes
     cfg["depprune"] = {"format": FORMAT, "hf_loadable": bool(record.config), "record": record.to_dict()}
+    code = None if record.config else modeling_code(model)
+    if code is not None:  # per-layer sizes: generated modeling code that applies them (trust_remote_code)
+        text, fields = code
+        (directory / MODELING_FILE).write_text(text, encoding="utf-8")
+        cfg.update(fields)
+        cfg["depprune"].update(source_model_type=model.config.model_type, sizes=recorded_sizes(model, record))
+        if record.per_layer:
+            cfg.update(record.per_layer["global"])
+            cfg["per_layer_config"] = record.per_layer["layers"]
+    cfg["depprune"]["remote_code"] = MODELING_FILE if code is not None else None
     if run is not None:
         cfg["depprune"]["run"] = run
     (directory / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")

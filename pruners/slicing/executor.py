@@ -23,6 +23,7 @@ from depgraph.layout import factors as _factors
 from ..errors import PlanError
 from .attributes import apply_shape_adapters, infer_attributes
 from .hf_config import hf_config_update
+from .layer_config import per_layer_update
 
 
 @dataclass
@@ -33,6 +34,9 @@ class PruneRecord:
     attributes: list[tuple[str, str, object]] = field(default_factory=list)  # (module path, attr, value)
     kept: dict[str, list[int]] = field(default_factory=dict)  # group id -> kept units
     config: dict[str, int] | None = None  # top-level config fields that rebuild the pruned model, if any
+    # otherwise, when each decoder layer is an ordinary one with some fields changed:
+    # {"global": fields every layer needs, "layers": {"i": fields}} (transformers' per_layer_config)
+    per_layer: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -40,6 +44,7 @@ class PruneRecord:
             "attributes": [[m, a, v] for m, a, v in self.attributes],
             "kept": self.kept,
             "config": self.config,
+            "per_layer": self.per_layer,
         }
 
     @classmethod
@@ -50,6 +55,7 @@ class PruneRecord:
             attributes=[(m, a, v) for m, a, v in d["attributes"]],
             kept={k: list(v) for k, v in d["kept"].items()},
             config=d.get("config"),
+            per_layer=d.get("per_layer"),
         )
 
 
@@ -168,6 +174,8 @@ def execute(model: nn.Module, trace, groups: Sequence[Group], keep: Mapping[str,
         kept={k: v.tolist() for k, v in kept.items()},
         config=hf_config_update(pruned, trace, new_size),
     )
+    if not record.config:
+        record.per_layer = per_layer_update(pruned, trace, new_size)
     if record.config:  # the pruned model's own config tells the truth about its sizes
         pruned.config = copy.deepcopy(pruned.config)
         for k, v in record.config.items():

@@ -1,0 +1,125 @@
+"""Per-layer sizes in transformers' standard schema: ``per_layer_config`` overrides of the config's own fields.
+
+When layers keep different numbers of heads or channels, no single config describes the pruned
+model, but each decoder layer may still be an ordinary layer of its architecture built from the
+config with a few fields changed: ``{"1": {"num_attention_heads": 2, "num_key_value_heads": 1,
+"intermediate_size": 268}}`` (``config.per_layer_config[i]`` in transformers >= 5.16; vLLM sizes
+its KV cache per layer from it).  As for the global config (:mod:`.hf_config`), the fields are
+found without knowing their names: top-level int fields whose value is an old pruned size of
+the layer are candidates, fewest changes first, with an explicit ``head_dim`` where the config
+has none; a candidate must build the layer with exactly the pruned tensor shapes and exactly
+the pruned module attributes (head counts, head size, group sizes).  When some layer has no
+such fields the answer is ``None``: the record alone describes the model.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import itertools
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from depgraph.layout import Factor
+from depgraph.tracer import Trace
+
+from .attributes import quantities
+from .hf_config import config_changes, head_dim_pins
+
+
+def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
+    """The model's decoder layers: the first ``ModuleList`` of ``num_hidden_layers`` modules of one class, and its path."""
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for path, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) == n and n and len({type(m) for m in mod}) == 1:
+            return path, mod
+    return None
+
+
+def build_layer(cls: type, config, index: int) -> nn.Module:
+    """``cls(config, layer_idx=index)`` (or ``cls(config)`` for a layer class without a layer index), on meta."""
+    params = inspect.signature(cls.__init__).parameters
+    with torch.device("meta"):
+        return cls(config, layer_idx=index) if "layer_idx" in params else cls(config)
+
+
+def _sizes(layer: nn.Module) -> tuple[dict, dict]:
+    shapes = {n: tuple(p.shape) for n, p in layer.named_parameters()}
+    attrs = {
+        (path, k): v
+        for path, mod in layer.named_modules()
+        for k, v in vars(mod).items()
+        if not k.startswith("_") and k != "layer_idx" and (type(v) is int or isinstance(v, tuple))
+    }
+    return shapes, attrs
+
+
+def per_layer_update(pruned: nn.Module, tr: Trace, new_size: Mapping[Factor, int], max_builds: int = 512) -> dict | None:
+    """``{"global": fields, "layers": {"i": fields}}`` that rebuild every pruned decoder layer, or ``None``.
+
+    ``global`` holds what every layer needs (an explicit ``head_dim``); ``layers`` the changed
+    fields of the layers that differ from the source config (keys zero-padded, as transformers
+    writes them).  At most ``max_builds`` layers are built (on meta) per layer; the fields the
+    previous layer needed are tried first, so alike layers cost one build each.
+    """
+    config = getattr(pruned, "config", None)
+    found = decoder_layers(pruned)
+    if config is None or found is None or not hasattr(config, "to_dict"):
+        return None
+    path, layers = found
+    prefix = f"{path}." if path else ""
+    for pin in head_dim_pins(config):
+        base = copy.deepcopy(config)
+        try:
+            for f, v in pin.items():
+                setattr(base, f, v)
+        except Exception:
+            continue
+        out: dict[str, dict[str, int]] = {}
+        last: tuple[str, ...] = ()
+        for i, layer in enumerate(layers):
+            changes = _layer_changes(base, tr, new_size, layer, i, f"{prefix}{i}.", max_builds, last)
+            if changes is None:
+                break
+            if changes:
+                out[str(i).zfill(len(str(len(layers) - 1)))] = changes
+                last = tuple(sorted(changes))
+        else:
+            return {"global": dict(pin), "layers": out} if out else None
+    return None
+
+
+def _layer_changes(
+    base, tr: Trace, new_size, layer: nn.Module, index: int, prefix: str, max_builds: int, first: tuple[str, ...] = ()
+) -> dict | None:
+    """The fewest field changes of ``base`` that build ``layer`` exactly ({} when it is unchanged), or None.
+
+    Changes of the fields ``first`` (the previous layer's) are tried before the others.
+    """
+    target = _sizes(layer)
+    qs = set().union(set(), *(quantities(t, new_size) for n, info in tr.params.items() if n.startswith(prefix) for t in info.axes))
+    cands = {}
+    for field, v in sorted(vars(base).items()):
+        if type(v) is int and v > 1 and not field.startswith("_"):
+            news = sorted({n for o, n in qs if o == v and n != v})
+            if news:
+                cands[field] = news
+    likely = {f: cands[f] for f in first if f in cands} if all(f in cands for f in first) else {}
+    tried = itertools.chain(
+        [{}], (dict(zip(likely, values)) for values in itertools.product(*likely.values())), config_changes(cands)
+    )
+    for builds, changes in enumerate(tried):
+        if builds > max_builds:
+            return None
+        trial = copy.deepcopy(base)
+        try:
+            for f, v in changes.items():
+                setattr(trial, f, v)
+            built = build_layer(type(layer), trial, index)
+        except Exception:  # an invalid combination is simply not it
+            continue
+        if _sizes(built) == target:
+            return changes
+    return None

@@ -153,6 +153,23 @@ class PlannerConfig(PruneTarget):
     )
     min_units: int = Field(1, strict=True, ge=1, description="units every pruned group keeps at least")
     round_to: int = Field(1, strict=True, ge=1, description="round each group's kept units to a multiple of this (hardware-friendly)")
+    align: int | None = Field(
+        None,
+        strict=True,
+        ge=1,
+        description="aligned mode: every layer keeps the same shape (the uniform strategy), MLP and hidden "
+        "channels rounded to a multiple of this, head counts the model's config accepts, so the output loads "
+        "without remote code on any engine; a plan whose sizes the config cannot express is refused",
+    )
+
+    @model_validator(mode="after")
+    def _aligned(self):
+        if self.align is not None:
+            if self.strategy != "uniform":
+                raise ValueError(f"align keeps every layer alike, which needs strategy 'uniform', not {self.strategy!r}")
+            if self.round_to != 1:
+                raise ValueError(f"align rounds the channels to multiples of {self.align} itself; leave round_to at 1")
+        return self
 
 
 class CalibrationConfig(BaseModel):

@@ -17,7 +17,7 @@ from depgraph import meta_copy, trace
 from depgraph.groups import Group, find_groups
 
 from .config import PruneConfig
-from .errors import NonFiniteError, UsageError
+from .errors import NonFiniteError, PlanError, UsageError
 from .importance import ScoringContext, Signals, aggregate, collect_signals, make_estimator, needs_of
 from .importance.calibration import calibration_samples
 from .planner import Plan, make_plan, select_groups
@@ -178,9 +178,57 @@ def _one_round(model: nn.Module, config: PruneConfig, progress: bool, analysis, 
         check_finite_scores(scores, config.importance)
     plan = make_plan(groups, scores, config, before)
     pruned, record = execute(model, tr, groups, plan.keep)
+    if config.align is not None and not record.config:
+        raise PlanError(unaligned(model, config))
     if not config.allow_nonfinite:
         check_finite_logits(pruned, probe, "the pruned model")
     return PruneResult(pruned, record, plan, groups, before, count_params(pruned))
+
+
+def unaligned(model: nn.Module, config: PruneConfig) -> str:
+    """Why an ``align`` plan is refused: its sizes need remote code; with the head counts the config accepts."""
+    cfg = getattr(model, "config", None)
+    what = f"the {cfg.model_type} config" if hasattr(cfg, "model_type") else "the model's config"
+    accepted = accepted_head_counts(cfg) if cfg is not None else []
+    heads = (
+        f"; the config accepts {accepted} attention heads (of {cfg.num_attention_heads})"
+        if accepted and len(accepted) < cfg.num_attention_heads else ""
+    )
+    return (
+        f"--align {config.align}: no change of {what}'s size fields rebuilds the pruned model, so it would need "
+        f"generated modeling code (trust_remote_code){heads}; give --kind-ratio attention=F keeping an accepted "
+        "head count, prune --kinds mlp_channel, or drop --align to write per-layer sizes"
+    )
+
+
+def accepted_head_counts(config) -> list[int]:
+    """Head counts ``h`` whose config (``num_attention_heads = h``, KV heads in proportion) passes
+    transformers' validation; [] when the config has no head count or validates nothing.
+
+    >>> from transformers import LlamaConfig
+    >>> accepted_head_counts(LlamaConfig(hidden_size=64, num_attention_heads=8, num_key_value_heads=4, head_dim=8))
+    [2, 4, 8]
+    """
+    import copy
+
+    heads = getattr(config, "num_attention_heads", None)
+    if type(heads) is not int or not hasattr(config, "validate"):
+        return []
+    kv = getattr(config, "num_key_value_heads", None)
+    out = []
+    for h in range(1, heads + 1):
+        trial = copy.deepcopy(config)
+        try:
+            trial.num_attention_heads = h
+            if type(kv) is int:
+                if (h * kv) % heads:
+                    continue
+                trial.num_key_value_heads = h * kv // heads
+            trial.validate()
+        except Exception:
+            continue
+        out.append(h)
+    return out
 
 
 def chain_rounds(results: list[PruneResult]) -> PruneResult:
@@ -224,6 +272,8 @@ def chain_rounds(results: list[PruneResult]) -> PruneResult:
         kept=keep,
         config=None if any(c is None for c in configs) else {k: v for c in configs for k, v in c.items()},
     )
+    if record.config is None:  # the last round's layers, against the config its model carries
+        record.per_layer = last.record.per_layer
     return PruneResult(last.model, record, plan, first.groups, first.params_before, last.params_after)
 
 

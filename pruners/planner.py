@@ -116,6 +116,28 @@ def select_groups(groups: Sequence[Group], kinds: Sequence[str], layers: tuple |
     return [g for g, _ in planned_groups(groups, kinds, layers)]
 
 
+Rounding = int | Callable[[Group], int]  # one multiple for every group, or one per group
+CHANNEL_KINDS = frozenset({"mlp_channel", "hidden_channel"})
+
+
+def rounding(config: PlannerConfig) -> Callable[[Group], int]:
+    """The multiple each group's kept units are rounded to: ``round_to``; under ``align``, ``align``
+    for MLP and hidden channels and none for heads (whose counts the model's config constrains).
+
+    >>> from depgraph.groups import Group
+    >>> r = rounding(PlannerConfig(ratio=0.2, align=8))
+    >>> r(Group("m", "mlp_channel", 0, 20, [], 1, True, ())), r(Group("k", "kv_group", 0, 8, [], 1, True, ()))
+    (8, 1)
+    """
+    if config.align is None:
+        return lambda g: config.round_to
+    return lambda g: config.align if g.kind in CHANNEL_KINDS else 1
+
+
+def _per_group(round_to: Rounding) -> Callable[[Group], int]:
+    return round_to if callable(round_to) else (lambda g: round_to)
+
+
 def _round_kept(kept: int, n: int, round_to: int, at_least: int = 1) -> int:
     """Kept units rounded to a multiple of ``round_to`` (when the group is that big), never below ``at_least``.
 
@@ -171,15 +193,16 @@ def _step_params(g: Group, round_to: int) -> int:
     return units * g.unit_params
 
 
-def _half_step(chosen: Sequence[Group], round_to: int, lockstep: bool = False) -> float:
+def _half_step(chosen: Sequence[Group], round_to: Rounding, lockstep: bool = False) -> float:
     """How far a ``ratio`` plan may land from its target: half the largest step of any planned group,
     or (``lockstep``, the uniform strategy) of all the groups of one kind and size together."""
+    rt = _per_group(round_to)
     if not lockstep:
-        return max(_step_params(g, round_to) for g in chosen) / 2
+        return max(_step_params(g, rt(g)) for g in chosen) / 2
     together: dict[tuple, int] = {}
     for g in chosen:
         key = (g.kind, g.n_units, g.unit_params)
-        together[key] = together.get(key, 0) + _step_params(g, round_to)
+        together[key] = together.get(key, 0) + _step_params(g, rt(g))
     return max(together.values()) / 2
 
 
@@ -306,10 +329,10 @@ def _uniform_counts(
     can then express them).  So every group loses the base fraction or one step more, and the
     total lands within half the largest such lockstep step of the target.
     """
-    r, min_units = config.round_to, config.min_units
+    r, min_units = rounding(config), config.min_units
 
     def counts(rho: float) -> dict[str, int]:
-        return {g.id: _removed_units(g, rho, r) for g in chosen}
+        return {g.id: _removed_units(g, rho, r(g)) for g in chosen}
 
     def params(c: Mapping[str, int]) -> int:
         return count.removed({gid: orders[gid][:k] for gid, k in c.items() if k})
@@ -322,8 +345,8 @@ def _uniform_counts(
     norm = {g.id: _normalised(np.asarray(scores[g.id], dtype=np.float64)) for g in chosen}
     batches: dict[tuple, list[tuple[float, Group, np.ndarray]]] = {}  # (fraction, kind, size) -> the next steps
     for g in chosen:
-        at = _sup(lambda rho, g=g: _removed_units(g, rho, r) <= base[g.id])[1]  # where g's rounding next grows
-        k = _removed_units(g, at, r)
+        at = _sup(lambda rho, g=g: _removed_units(g, rho, r(g)) <= base[g.id])[1]  # where g's rounding next grows
+        k = _removed_units(g, at, r(g))
         if k > base[g.id] and _keeps_enough(g, k, min_units):
             units = orders[g.id][base[g.id] : k]
             batches.setdefault((at, g.kind, g.n_units, g.unit_params), []).append((float(norm[g.id][units].mean()), g, units))
@@ -341,10 +364,11 @@ def _uniform_counts(
     return best
 
 
-def _uniform_limit(chosen: Sequence[Group], min_units: int, round_to: int) -> str:
+def _uniform_limit(chosen: Sequence[Group], min_units: int, round_to: Rounding) -> str:
     """Why one fraction for every group can go no further: the group it would take below ``min_units``."""
-    beyond = _sup(lambda rho: not any(_too_much(h, rho, min_units, round_to) for h in chosen))[1]
-    g = next((g for g in chosen if _too_much(g, beyond, min_units, round_to)), None)
+    rt = _per_group(round_to)
+    beyond = _sup(lambda rho: not any(_too_much(h, rho, min_units, rt(h)) for h in chosen))[1]
+    g = next((g for g in chosen if _too_much(g, beyond, min_units, rt(g))), None)
     if g is None:  # rounding keeps round_to units of every group: the fraction is at its end
         return "when every group loses the same fraction"
     where = f"layer {g.layer}" if g.layer is not None else "the model"
@@ -380,9 +404,10 @@ def plan_uniform(
         target = _target(config, total_params)
         n_remove = _uniform_counts(chosen, scores, orders, config, target, count, total_params)
         return _finish(chosen, _keep_from_counts(chosen, orders, n_remove), count)
+    r = rounding(config)
     for g, kind in pairs:
         rho = config.kind_ratios[kind]
-        if _too_much(g, rho, config.min_units, config.round_to):
+        if _too_much(g, rho, config.min_units, r(g)):
             asked, flag = _asked(config, kind)
             where = f"layer {g.layer}" if g.layer is not None else "the model"
             what = (
@@ -390,7 +415,7 @@ def plan_uniform(
                 else f"leave fewer than --min-units {config.min_units} {g.kind} units in {where}"
             )
             raise PlanError(f"{asked} would {what} ({g.n_units} units, group ratio {rho:.3f}); lower {flag}")
-    n_remove = {g.id: _removed_units(g, config.kind_ratios[kind], config.round_to) for g, kind in pairs}
+    n_remove = {g.id: _removed_units(g, config.kind_ratios[kind], r(g)) for g, kind in pairs}
     return _finish(chosen, _keep_from_counts(chosen, orders, n_remove), count)
 
 

@@ -258,3 +258,13 @@ def test_kind_ratio_overrides_the_run_files_ratio_and_prints_its_target(tmp_path
     # one query head per KV value head left: layers 1-3 now trace as plain multi-head attention, 4 heads each
     assert [units.get(f"attention_head@{i}") for i in range(5)] == [None, 4, 4, 4, None]
     assert [units[f"mlp_channel@{i}"] for i in range(5)] == [172] * 5
+
+
+def test_prune_align_writes_a_plain_config_with_aligned_widths(tmp_path, capsys):
+    out = tmp_path / "aligned"
+    code, _, err = run_cli(capsys, "prune", "--model", str(STORIES), "--ratio", "0.2", "--kinds", "mlp_channel",
+                           "--align", "16", "--out", str(out), "--quiet")
+    assert code == 0, err
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["depprune"]["hf_loadable"] is True and "auto_map" not in cfg
+    assert cfg["intermediate_size"] % 16 == 0 and cfg["intermediate_size"] < 172

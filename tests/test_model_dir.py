@@ -13,6 +13,7 @@ import json
 import pytest
 import torch
 
+from pruners.errors import PlanError
 from pruners.io.checkpoint import save_pruned
 from pruners.pipeline import PruneConfig, prune
 
@@ -139,12 +140,18 @@ for case in json.loads(open(cases_file).read()):
 open(report_file, "w").write(json.dumps(report))
 '''
 
-MODES = {
-    "uniform": PruneConfig(ratio=0.3, importance="l2"),
-    "per_layer": PruneConfig(ratio=0.3, importance="l2", strategy="global",
-                             kinds=["attention", "mlp_channel", "hidden_channel"]),
-}
+MODES = ("aligned", "per_layer", "uniform")
+
+
+def mode_config(name: str, mode: str) -> PruneConfig:
+    if mode == "per_layer":
+        return PruneConfig(ratio=0.3, importance="l2", strategy="global", kinds=["attention", "mlp_channel", "hidden_channel"])
+    if mode == "aligned":  # heads only where the config can say how many (see the refusal tests below)
+        kinds = ["attention", "mlp_channel"] if name in PLAIN_CONFIG else ["mlp_channel"]
+        return PruneConfig(ratio=0.2, importance="l2", align=8, kinds=kinds)
+    return PruneConfig(ratio=0.3, importance="l2")
 # per-layer sizes that transformers' per_layer_config schema expresses (the others: the record only)
+ALIGN_REFUSED = {"bloom"}  # its MLP width is 4 * hidden_size, no config field of its own
 PER_LAYER_SCHEMA = {"llama_gqa", "llama_mha", "mistral", "mistral_eager", "qwen2", "phi3", "gemma", "phi"}
 
 
@@ -161,9 +168,13 @@ def round_trip(tmp_path_factory):
     cases, saved = [], {}
     for name, arch in sorted(ZOO.items()):
         model = arch.build()
-        for mode, config in MODES.items():
-            result = prune(model, config, progress=False)
+        for mode in MODES:
             key = f"{name}-{mode}"
+            try:
+                result = prune(model, mode_config(name, mode), progress=False)
+            except PlanError as e:
+                saved[key] = e
+                continue
             out = save_pruned(result.model, root / key, result.record)
             ref = root / f"{key}.ref.safetensors"
             save_file({"ids": IDS, "logits": logits(result.model)}, str(ref))
@@ -178,14 +189,17 @@ def round_trip(tmp_path_factory):
     return json.loads((root / "report.json").read_text()), saved
 
 
-@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_the_output_opens_in_plain_transformers_without_depprune(round_trip, name, mode):
     report, saved = round_trip
+    if name in ALIGN_REFUSED and mode == "aligned":
+        assert isinstance(saved[f"{name}-{mode}"], PlanError) and f"{name}-{mode}" not in report
+        return
     err = report[f"{name}-{mode}"]
     assert isinstance(err, float) and err <= 1e-5, err
     out, cfg, result = saved[f"{name}-{mode}"]
-    plain = mode == "uniform" and name in PLAIN_CONFIG
+    plain = mode == "aligned" or (mode == "uniform" and name in PLAIN_CONFIG)
     assert cfg["depprune"]["hf_loadable"] is plain
     files = {p.name for p in out.iterdir()} - {".depprune-output.json", "generation_config.json"}
     assert files == ({"config.json", "model.safetensors"} | (set() if plain else {"modeling_depprune.py"}))
@@ -210,3 +224,50 @@ def test_per_layer_config_describes_each_layer(round_trip, name):
     for i, layer in enumerate(layers):
         built = build_layer(type(layer), config.per_layer_config[i], i)
         assert {n: p.shape for n, p in built.named_parameters()} == {n: p.shape for n, p in layer.named_parameters()}
+
+
+# -- aligned mode ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["llama_gqa", "qwen2", "phi3", "gpt2", "opt"])
+def test_aligned_mode_keeps_layers_alike_and_needs_no_remote_code(name, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    kinds = ["attention", "mlp_channel"] if name in PLAIN_CONFIG else ["mlp_channel"]  # see the refusal below
+    result = prune(ZOO[name].build(), PruneConfig(ratio=0.2, importance="l2", align=8, kinds=kinds), progress=False)
+    mlp = {tuple(shape) for n, shape in result.record.shapes.items() if n.endswith(("down_proj.weight", "fc2.weight",
+                                                                                     "c_proj.weight"))}
+    widths = {s for shape in mlp for s in shape if s != 48}
+    assert len(mlp) == 1 and widths and all(w % 8 == 0 for w in widths), mlp
+    out = save_pruned(result.model, tmp_path / name, result.record)
+    assert not (out / "modeling_depprune.py").exists()
+    plain = AutoModelForCausalLM.from_pretrained(out).eval()
+    torch.testing.assert_close(logits(plain), logits(result.model), rtol=0, atol=1e-5)
+
+
+def test_aligned_mode_refuses_heads_the_config_cannot_express():
+    from pruners.errors import PlanError
+
+    with pytest.raises(PlanError, match=r"--align 8: no change of the gpt2 config's size fields rebuilds the pruned model"):
+        prune(ZOO["gpt2"].build(), PruneConfig(ratio=0.2, importance="l2", align=8), progress=False)
+
+
+@pytest.mark.shared
+def test_aligned_mode_names_the_head_counts_the_config_accepts():
+    """stories260K: hidden 64, 8 heads in 4 KV groups; 20% keeps 3 KV groups (6 heads), which LlamaConfig refuses."""
+    from pruners.errors import PlanError
+    from pruners.io.checkpoint import load_model
+
+    with pytest.raises(PlanError, match=r"the config accepts \[2, 4, 8\] attention heads \(of 8\)"):
+        prune(load_model(STORIES), PruneConfig(ratio=0.2, importance="l2", align=8), progress=False)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"strategy": "global"}, "align keeps every layer alike, which needs strategy 'uniform', not 'global'"),
+    ({"round_to": 4}, "align rounds the channels to multiples of 8 itself; leave round_to at 1"),
+])
+def test_aligned_mode_refuses_settings_that_contradict_it(bad, message):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=message):
+        PruneConfig(ratio=0.2, align=8, **bad)

@@ -80,6 +80,11 @@ def add_arguments(pr: argparse.ArgumentParser) -> None:
     )
     pr.add_argument("--min-units", type=int, help="units every group keeps at least (default 1)")
     pr.add_argument("--round-to", type=int, help="round kept units per group to a multiple of this (default 1)")
+    pr.add_argument(
+        "--align", type=int, metavar="N",
+        help="aligned output: every layer the same shape, MLP/hidden channels a multiple of N, head counts the "
+        "config accepts, so it loads without remote code on any engine (refused when the config cannot say it)",
+    )
     pr.add_argument("--calibration", help="text or Alpaca .json/.jsonl file for gradient/activation estimators")
     pr.add_argument("--calibration-samples", type=int, help="calibration sequences (default 10)")
     pr.add_argument("--calibration-seq-len", type=int, help="tokens per calibration sequence (default 128)")
@@ -154,7 +159,7 @@ class _KindRatios(argparse.Action):
 FLAG_KEYS = {
     "method": ("method",), "model": ("model",), "ratio": ("ratio",), "kind_ratio": ("kind_ratios",), "importance": ("importance",),
     "aggregation": ("aggregation",), "kinds": ("kinds",), "strategy": ("strategy",), "layers": ("layers",), "min_units": ("min_units",),
-    "round_to": ("round_to",), "calibration": ("calibration", "source"), "calibration_samples": ("calibration", "samples"),
+    "round_to": ("round_to",), "align": ("align",), "calibration": ("calibration", "source"), "calibration_samples": ("calibration", "samples"),
     "calibration_seq_len": ("calibration", "seq_len"), "out": ("out",), "force": ("force",), "eval_text": ("eval_text",),
     "tokenizer": ("tokenizer",), "seed": ("seed",), "rounds": ("rounds",), "allow_nonfinite": ("allow_nonfinite",), "device": ("device",),
     "dtype": ("dtype",), "recover": ("recover", "data", "source"),

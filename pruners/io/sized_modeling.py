@@ -24,6 +24,7 @@ import copy
 
 import torch
 from torch import nn
+from transformers.utils import logging
 
 
 def resize_to_record(model: nn.Module, sizes: dict, prefix: str = "") -> None:
@@ -97,7 +98,13 @@ class SizedModelMixin:
     """
 
     def __init__(self, config, *args, **kwargs):
-        super().__init__(config, *args, **kwargs)
+        log = logging.get_logger("transformers.integrations.heterogeneity.configuration_utils")
+        level = log.level
+        log.setLevel(logging.ERROR)  # the source classes read the global (unpruned) sizes on purpose: no warning
+        try:
+            super().__init__(config, *args, **kwargs)
+        finally:
+            log.setLevel(level)
         sizes = config.depprune["sizes"]
         is_base = getattr(self, "base_model_prefix", "") and self.base_model is self
         resize_to_record(self, sizes, f"{self.base_model_prefix}." if is_base else "")

@@ -40,6 +40,7 @@ from .model_files import (
 )
 from .output_dir import OutputDir
 from .remote_code import MODEL_TYPE_PREFIX, MODELING_FILE, modeling_code, recorded_sizes
+from .sized_modeling import resize_to_record
 
 FORMAT = 1
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")  # loadable weights: safetensors only, never pickles
@@ -409,20 +410,7 @@ def apply_record(model: nn.Module, section: dict) -> None:
         raise ModelSourceError(f"unsupported depprune format {section.get('format')!r}; this version reads {FORMAT}")
     rec = section["record"]
     params = dict(model.named_parameters(remove_duplicate=False))
-    aliases: dict[int, list[str]] = {}
-    for name, prm in params.items():
-        aliases.setdefault(id(prm), []).append(name)
-    for name, shape in rec["shapes"].items():
-        mod, attr = owner_and_attr(model, name)
-        old = getattr(mod, attr)
-        new = torch.empty(shape, dtype=old.dtype, device=old.device)
-        if isinstance(old, nn.Parameter):
-            new = nn.Parameter(new, requires_grad=old.requires_grad)
-            for alias in aliases.get(id(old), [name]):
-                amod, aattr = owner_and_attr(model, alias)
-                setattr(amod, aattr, new)
-        else:
-            mod._buffers[attr] = new
+    resize_to_record(model, {"shapes": rec["shapes"], "attributes": []})  # tied weights stay tied
     from ..slicing.attributes import apply_shape_adapters, set_attributes
 
     apply_shape_adapters(model, rec["shapes"].keys() | {a for n in rec["shapes"] for a in _alias_names(params, n)})

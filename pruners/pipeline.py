@@ -189,7 +189,8 @@ def unaligned(model: nn.Module, config: PruneConfig) -> str:
     """Why an ``align`` plan is refused: its sizes need remote code; with the head counts the config accepts."""
     cfg = getattr(model, "config", None)
     what = f"the {cfg.model_type} config" if hasattr(cfg, "model_type") else "the model's config"
-    accepted = accepted_head_counts(cfg) if cfg is not None else []
+    # fewer heads of the same size: only where the config has a head_dim of its own (else heads set the head size)
+    accepted = accepted_head_counts(cfg) if isinstance(getattr(cfg, "head_dim", None), int) else []
     heads = (
         f"; the config accepts {accepted} attention heads (of {cfg.num_attention_heads})"
         if accepted and len(accepted) < cfg.num_attention_heads else ""

@@ -475,7 +475,7 @@ def test_run_file_unknown_keys_and_alias_bombs_are_refused_quickly(tmp_path, cap
     path = tmp_path / "run.yaml"
     path.write_text(f"model: {STORIES}\nout: {tmp_path / 'o'}\nratio: 0.2\nbogus: 1\n")
     code, _, err = run_cli(capsys, "prune", "--config", path)
-    assert_refused(code, err, "unknown option 'bogus' in --config; valid: aggregation, allow_nonfinite, calibration")
+    assert_refused(code, err, "unknown option 'bogus' in --config; valid: aggregation, align, allow_nonfinite, calibration")
     levels = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
     levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 8)]  # 10**8 strings if expanded
     path.write_text(f"model: {STORIES}\nout: {tmp_path / 'o'}\nratio: 0.2\n" + "\n".join(levels) + "\nkinds: *a7\n")

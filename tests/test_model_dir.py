@@ -1,9 +1,9 @@
 """Pruned models open anywhere: the files of the output directory, and plain transformers loading them.
 
-Uniform sizes that the architecture's config can express are written into that config (an
-explicit ``head_dim`` where heads no longer divide the hidden size), so the output needs no
-code from depprune.  Which zoo architectures can, under a uniform heads + MLP plan, is listed
-by hand below: the others size heads from ``hidden_size // n_head`` with no field to override.
+Uniform sizes that the architecture's config can express are written into that config, so the
+output needs no code from depprune.  Which zoo architectures can, under a uniform heads + MLP
+plan, is listed by hand below: the others size heads from ``hidden_size // n_head`` with no
+field of their own to override it, and get generated modeling code like per-layer sizes.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from pruners.pipeline import PruneConfig, prune
 from zoo import ARCHS, NEW_ARCHS, STORIES
 
 ZOO = {name: a for name, a in {**ARCHS, **NEW_ARCHS}.items() if a.hf}
-PLAIN_CONFIG = {"llama_gqa", "llama_mha", "mistral", "mistral_eager", "qwen2", "phi3", "gemma", "phi"}
-HEAD_DIM_ADDED = {"qwen2", "phi3", "phi"}  # their configs have no head_dim field until depprune writes one
+# the configs with a head_dim field of their own; Qwen2, Phi-3 and Phi derive it from the head count
+# (vLLM's implementations too, so depprune does not add one to a plain config: they go per-layer)
+PLAIN_CONFIG = {"llama_gqa", "llama_mha", "mistral", "mistral_eager", "gemma"}
 IDS = torch.randint(3, 90, (2, 11), generator=torch.Generator().manual_seed(0))
 
 
@@ -44,8 +45,9 @@ def test_uniform_sizes_are_written_into_the_plain_config(uniform, name, tmp_path
     out = save_pruned(result.model, tmp_path / name, result.record)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["depprune"]["hf_loadable"] is True and "auto_map" not in cfg
-    assert ("head_dim" in result.record.config) == (name in HEAD_DIM_ADDED)
+    assert "head_dim" not in result.record.config  # it is in the config already
     assert cfg["head_dim"] == ZOO[name].head_dim
+    assert cfg["architectures"] == [type(result.model).__name__]  # engines (vLLM) choose their class by it
     plain = AutoModelForCausalLM.from_pretrained(out).eval()
     assert plain.config.num_attention_heads < 6
     torch.testing.assert_close(logits(plain), logits(result.model), rtol=0, atol=1e-5)  # eager vs sdpa: not bitwise
@@ -206,7 +208,7 @@ def test_the_output_opens_in_plain_transformers_without_depprune(round_trip, nam
     if not plain:
         assert cfg["model_type"] == "depprune_" + result.model.config.model_type
         assert cfg["architectures"] == ["Depprune" + type(result.model).__name__]
-        assert ("per_layer_config" in cfg) == (mode == "per_layer" and name in PER_LAYER_SCHEMA)
+        assert ("per_layer_config" in cfg) == (name in PER_LAYER_SCHEMA)
 
 
 @pytest.mark.parametrize("name", sorted(PER_LAYER_SCHEMA))
@@ -233,12 +235,10 @@ def test_per_layer_config_describes_each_layer(round_trip, name):
 def test_aligned_mode_keeps_layers_alike_and_needs_no_remote_code(name, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    kinds = ["attention", "mlp_channel"] if name in PLAIN_CONFIG else ["mlp_channel"]  # see the refusal below
+    kinds = ["attention", "mlp_channel"] if name in PLAIN_CONFIG else ["mlp_channel"]  # see below
     result = prune(ZOO[name].build(), PruneConfig(ratio=0.2, importance="l2", align=8, kinds=kinds), progress=False)
-    mlp = {tuple(shape) for n, shape in result.record.shapes.items() if n.endswith(("down_proj.weight", "fc2.weight",
-                                                                                     "c_proj.weight"))}
-    widths = {s for shape in mlp for s in shape if s != 48}
-    assert len(mlp) == 1 and widths and all(w % 8 == 0 for w in widths), mlp
+    widths = {len(units) for gid, units in result.record.kept.items() if gid.startswith("mlp_channel@")}
+    assert len(widths) == 1 and widths.pop() % 8 == 0, result.record.kept.keys()
     out = save_pruned(result.model, tmp_path / name, result.record)
     assert not (out / "modeling_depprune.py").exists()
     plain = AutoModelForCausalLM.from_pretrained(out).eval()
@@ -250,6 +250,14 @@ def test_aligned_mode_refuses_heads_the_config_cannot_express():
 
     with pytest.raises(PlanError, match=r"--align 8: no change of the gpt2 config's size fields rebuilds the pruned model"):
         prune(ZOO["gpt2"].build(), PruneConfig(ratio=0.2, importance="l2", align=8), progress=False)
+
+
+def test_aligned_mode_refuses_heads_of_a_config_without_head_dim():
+    """Qwen2's head size is hidden_size / num_attention_heads (in vLLM too): fewer heads, another head size."""
+    from pruners.errors import PlanError
+
+    with pytest.raises(PlanError, match=r"--align 8: no change of the qwen2 config's size fields rebuilds the pruned model"):
+        prune(ZOO["qwen2"].build(), PruneConfig(ratio=0.2, importance="l2", align=8), progress=False)
 
 
 @pytest.mark.shared

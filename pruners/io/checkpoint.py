@@ -530,6 +530,8 @@ def write_pruned(
     cfg = json.loads((directory / "config.json").read_text())
     cfg.pop("torch_dtype", None)
     cfg["dtype"] = dtype_name(weights_dtype(model))  # what the tensors are, even after a model.to(dtype)
+    if not cfg.get("architectures"):  # a model built from a config has none; engines pick their class by it
+        cfg["architectures"] = [type(model).__name__]
     # config.json carries the pruned sizes when the architecture can express them (then any
     # transformers install loads it); the record always lets load_model rebuild per-layer sizes
     cfg["depprune"] = {"format": FORMAT, "hf_loadable": bool(record.config), "record": record.to_dict()}

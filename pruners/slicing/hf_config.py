@@ -60,10 +60,7 @@ def hf_config_update(pruned: nn.Module, tr: Trace, new_size: Mapping[Factor, int
     if not layers_alike(tr, target):
         return None
     expected = {name: tuple(signature(t, new_size) for t in info.axes) for name, info in tr.params.items()}
-    cands = config_candidates(config, tr, new_size)
-    pins = head_dim_pins(config)
-    tried = ({**pin, **changes} for changes in config_changes(cands) for pin in pins)
-    for builds, changes in enumerate(tried, start=1):
+    for builds, changes in enumerate(config_changes(config_candidates(config, tr, new_size)), start=1):
         if builds > max_builds:
             return None
         trial_cfg = copy.deepcopy(config)
@@ -81,27 +78,6 @@ def hf_config_update(pruned: nn.Module, tr: Trace, new_size: Mapping[Factor, int
         if verify_layouts(trial.eval(), expected)[0] and buffers_match(pruned, trial_cfg):
             return changes
     return None
-
-
-def head_dim_pins(config) -> list[dict[str, int]]:
-    """Extra fields to try with every change: none, then an explicit ``head_dim`` where the config has none.
-
-    Many architectures (Qwen2, Phi-3, Phi) size a head as ``getattr(config, "head_dim",
-    hidden_size // num_attention_heads)``: written out, the head size no longer depends on the
-    head count, so a config with fewer heads still describes heads of the old size.
-
-    >>> from transformers import LlamaConfig, Qwen2Config
-    >>> head_dim_pins(Qwen2Config(hidden_size=48, num_attention_heads=6))
-    [{}, {'head_dim': 8}]
-    >>> head_dim_pins(LlamaConfig(hidden_size=48, num_attention_heads=6))  # it has one already
-    [{}]
-    """
-    if isinstance(getattr(config, "head_dim", None), int):
-        return [{}]
-    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
-    if type(hidden) is not int or type(heads) is not int or heads <= 0 or hidden % heads:
-        return [{}]
-    return [{}, {"head_dim": hidden // heads}]
 
 
 def layers_alike(tr: Trace, target: Mapping[str, tuple[int, ...]]) -> bool:

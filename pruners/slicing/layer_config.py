@@ -26,7 +26,30 @@ from depgraph.layout import Factor
 from depgraph.tracer import Trace
 
 from .attributes import quantities
-from .hf_config import config_changes, head_dim_pins
+from .hf_config import config_changes
+
+
+def head_dim_pins(config) -> list[dict[str, int]]:
+    """Global fields to try the layers with: none, then an explicit ``head_dim`` where the config has none.
+
+    Many architectures (Qwen2, Phi-3, Phi) size a head as ``getattr(config, "head_dim",
+    hidden_size // num_attention_heads)``: written out, the head size no longer depends on the
+    head count, so a layer with fewer heads still has heads of the old size.  Only for per-layer
+    outputs (generated code): a plain Qwen2 config with an added ``head_dim`` loads in
+    transformers, but vLLM's own Qwen2 derives the head size from the head count.
+
+    >>> from transformers import LlamaConfig, Qwen2Config
+    >>> head_dim_pins(Qwen2Config(hidden_size=48, num_attention_heads=6))
+    [{}, {'head_dim': 8}]
+    >>> head_dim_pins(LlamaConfig(hidden_size=48, num_attention_heads=6))  # it has one already
+    [{}]
+    """
+    if isinstance(getattr(config, "head_dim", None), int):
+        return [{}]
+    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
+    if type(hidden) is not int or type(heads) is not int or heads <= 0 or hidden % heads:
+        return [{}]
+    return [{}, {"head_dim": hidden // heads}]
 
 
 def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList] | None:

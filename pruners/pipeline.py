@@ -20,6 +20,7 @@ from .config import PruneConfig
 from .errors import NonFiniteError, PlanError, UsageError
 from .importance import ScoringContext, Signals, aggregate, collect_signals, make_estimator, needs_of
 from .importance.calibration import calibration_samples
+from .io.checkpoint import check_rebuilt_buffers
 from .planner import Plan, make_plan, select_groups
 from .slicing.executor import PruneRecord, execute, kept_positions, validate_keep
 
@@ -176,8 +177,10 @@ def _one_round(model: nn.Module, config: PruneConfig, progress: bool, analysis, 
     scores = score_groups(model, chosen, config, samples, progress)
     if not config.allow_nonfinite:
         check_finite_scores(scores, config.importance)
-    plan = make_plan(groups, scores, config, before)
+    allowed = aligned_head_counts(groups, model) if config.align is not None else None
+    plan = make_plan(groups, scores, config, before, allowed)
     pruned, record = execute(model, tr, groups, plan.keep)
+    check_rebuilt_buffers(pruned, record)  # a plan that slices a computed buffer could not be saved
     if config.align is not None and not record.config:
         raise PlanError(unaligned(model, config))
     if not config.allow_nonfinite:
@@ -190,16 +193,51 @@ def unaligned(model: nn.Module, config: PruneConfig) -> str:
     cfg = getattr(model, "config", None)
     what = f"the {cfg.model_type} config" if hasattr(cfg, "model_type") else "the model's config"
     # fewer heads of the same size: only where the config has a head_dim of its own (else heads set the head size)
-    accepted = accepted_head_counts(cfg) if isinstance(getattr(cfg, "head_dim", None), int) else []
+    accepted = accepted_head_counts(cfg) if own_head_dim(cfg) else []
     heads = (
         f"; the config accepts {accepted} attention heads (of {cfg.num_attention_heads})"
         if accepted and len(accepted) < cfg.num_attention_heads else ""
     )
     return (
         f"--align {config.align}: no change of {what}'s size fields rebuilds the pruned model, so it would need "
-        f"generated modeling code (trust_remote_code){heads}; give --kind-ratio attention=F keeping an accepted "
-        "head count, prune --kinds mlp_channel, or drop --align to write per-layer sizes"
+        f"generated modeling code (trust_remote_code){heads}; leave out the --kinds whose sizes it cannot say, "
+        "or drop --align to write per-layer sizes"
     )
+
+
+def aligned_head_counts(groups: list[Group], model: nn.Module) -> dict[str, frozenset]:
+    """Under ``align``: the kept units each head group may end with, so the config can say the head count.
+
+    From :func:`accepted_head_counts` where the config has a ``head_dim`` of its own; without one
+    the head count sets the head size, so heads are kept (``{n_units}``), as are query heads
+    alone (a KV group's query heads cannot change apart from the config's ratio of the two).
+    """
+    cfg = getattr(model, "config", None)
+    heads = getattr(cfg, "num_attention_heads", None)
+    if type(heads) is not int:
+        return {}
+    accepted = set(accepted_head_counts(cfg)) if own_head_dim(cfg) else {heads}
+    out = {}
+    for g in groups:
+        if g.kind == "kv_group" and heads % g.n_units == 0:
+            per = heads // g.n_units  # query heads per KV group
+            out[g.id] = frozenset(k for k in range(1, g.n_units + 1) if k * per in accepted) or frozenset({g.n_units})
+        elif g.kind == "attention_head":
+            out[g.id] = frozenset(k for k in accepted if k <= g.n_units) or frozenset({g.n_units})
+        elif g.kind in ("query_head", "kv_group"):
+            out[g.id] = frozenset({g.n_units})
+    return out
+
+
+def own_head_dim(config) -> bool:
+    """Whether the config stores a head size of its own (Llama's ``head_dim``), not one derived from
+    the head count (Falcon's ``head_dim`` property is ``hidden_size // num_attention_heads``).
+
+    >>> from transformers import FalconConfig, LlamaConfig
+    >>> own_head_dim(LlamaConfig()), own_head_dim(FalconConfig())
+    (True, False)
+    """
+    return isinstance(vars(config).get("head_dim"), int)
 
 
 def accepted_head_counts(config) -> list[int]:

@@ -116,25 +116,29 @@ def select_groups(groups: Sequence[Group], kinds: Sequence[str], layers: tuple |
     return [g for g, _ in planned_groups(groups, kinds, layers)]
 
 
-Rounding = int | Callable[[Group], int]  # one multiple for every group, or one per group
+# how a group's kept units are rounded: to a multiple (an int), or to the nearest of some allowed counts
+Grid = int | frozenset
+Rounding = Grid | Callable[[Group], Grid]  # one for every group, or one per group
 CHANNEL_KINDS = frozenset({"mlp_channel", "hidden_channel"})
 
 
-def rounding(config: PlannerConfig) -> Callable[[Group], int]:
-    """The multiple each group's kept units are rounded to: ``round_to``; under ``align``, ``align``
-    for MLP and hidden channels and none for heads (whose counts the model's config constrains).
+def rounding(config: PlannerConfig, allowed: Mapping[str, frozenset] | None = None) -> Callable[[Group], Grid]:
+    """How each group's kept units are rounded: to a multiple of ``round_to``; under ``align``, of
+    ``align`` for MLP and hidden channels, and heads to the nearest of their ``allowed`` kept
+    counts (group id -> counts the model's config accepts; a group not listed is not rounded).
 
     >>> from depgraph.groups import Group
-    >>> r = rounding(PlannerConfig(ratio=0.2, align=8))
+    >>> r = rounding(PlannerConfig(ratio=0.2, align=8), {"k": frozenset({2, 4})})
     >>> r(Group("m", "mlp_channel", 0, 20, [], 1, True, ())), r(Group("k", "kv_group", 0, 8, [], 1, True, ()))
-    (8, 1)
+    (8, frozenset({2, 4}))
     """
     if config.align is None:
         return lambda g: config.round_to
-    return lambda g: config.align if g.kind in CHANNEL_KINDS else 1
+    allowed = allowed or {}
+    return lambda g: config.align if g.kind in CHANNEL_KINDS else allowed.get(g.id, 1)
 
 
-def _per_group(round_to: Rounding) -> Callable[[Group], int]:
+def _per_group(round_to: Rounding) -> Callable[[Group], Grid]:
     return round_to if callable(round_to) else (lambda g: round_to)
 
 
@@ -150,8 +154,19 @@ def _round_kept(kept: int, n: int, round_to: int, at_least: int = 1) -> int:
     return rounded if rounded >= at_least else min(n, -(-at_least // round_to) * round_to)
 
 
-def _removed_units(g: Group, rho: float, round_to: int = 1) -> int:
-    """Units of ``g`` the fraction ``rho`` removes (rounded per group; query heads: per KV group)."""
+def _removed_units(g: Group, rho: float, round_to: Grid = 1) -> int:
+    """Units of ``g`` the fraction ``rho`` removes (rounded per group; query heads: per KV group).
+
+    With allowed kept counts (a frozenset) the kept units are the nearest of them (ties: more kept).
+
+    >>> from depgraph.groups import Group
+    >>> g = Group("k", "kv_group", 0, 4, [], 1, True, ())
+    >>> _removed_units(g, 0.25), _removed_units(g, 0.25, frozenset({1, 2, 4})), _removed_units(g, 0.7, frozenset({1, 2, 4}))
+    (1, 0, 3)
+    """
+    if isinstance(round_to, frozenset):
+        kept = g.n_units - _removed_units(g, rho)
+        return g.n_units - min(round_to, key=lambda a: (abs(a - kept), -a))
     if g.blocked:
         return round(rho * g.units_per_block) * g.blocks
     return g.n_units - _round_kept(g.n_units - round(rho * g.n_units), g.n_units, round_to)
@@ -162,7 +177,7 @@ def _keeps_enough(g: Group, n_remove: int, min_units: int) -> bool:
     return (g.n_units - n_remove) // g.blocks >= min_units
 
 
-def _too_much(g: Group, rho: float, min_units: int, round_to: int = 1) -> bool:
+def _too_much(g: Group, rho: float, min_units: int, round_to: Grid = 1) -> bool:
     return not _keeps_enough(g, _removed_units(g, rho, round_to), min_units)
 
 
@@ -187,8 +202,12 @@ def _step_sizes(g: Group, min_units: int, round_to: int = 1) -> list[int]:
     return [before - after for before, after in zip([n, *kept], kept)]
 
 
-def _step_params(g: Group, round_to: int) -> int:
-    """An upper bound on the parameters one removal step of ``g`` takes (see :func:`_step_sizes`)."""
+def _step_params(g: Group, round_to: Grid) -> int:
+    """An upper bound on the parameters one removal step of ``g`` takes (see :func:`_step_sizes`);
+    between allowed kept counts, the widest gap."""
+    if isinstance(round_to, frozenset):
+        counts = sorted(round_to | {g.n_units})
+        return max([b - a for a, b in zip(counts, counts[1:])] or [0]) * g.unit_params
     units = g.blocks if g.blocked else round_to if round_to > 1 and g.n_units >= round_to else 1
     return units * g.unit_params
 
@@ -318,6 +337,7 @@ def _uniform_counts(
     target: int,
     count: ParamCount,
     total_params: int,
+    allowed: Mapping[str, frozenset] | None = None,
 ) -> dict[str, int]:
     """Units to remove per group: the one fraction meeting ``target`` parameters, the remainder in steps.
 
@@ -329,7 +349,7 @@ def _uniform_counts(
     can then express them).  So every group loses the base fraction or one step more, and the
     total lands within half the largest such lockstep step of the target.
     """
-    r, min_units = rounding(config), config.min_units
+    r, min_units = rounding(config, allowed), config.min_units
 
     def counts(rho: float) -> dict[str, int]:
         return {g.id: _removed_units(g, rho, r(g)) for g in chosen}
@@ -380,9 +400,16 @@ def _uniform_limit(chosen: Sequence[Group], min_units: int, round_to: Rounding) 
 
 
 def plan_uniform(
-    groups: Sequence[Group], scores: Mapping[str, np.ndarray], config: PlannerConfig, total_params: int
+    groups: Sequence[Group],
+    scores: Mapping[str, np.ndarray],
+    config: PlannerConfig,
+    total_params: int,
+    allowed: Mapping[str, frozenset] | None = None,
 ) -> Plan:
     """Every planned group loses the same fraction of its units, the lowest-scoring ones.
+
+    ``allowed`` (under ``config.align``): group id -> the kept counts its group may end with
+    (the head counts the model's config accepts); the fraction's rounding picks the nearest.
 
     Under ``config.kind_ratios`` the fraction is its kind's entry (query heads: that fraction of
     each KV group's heads).  Under ``config.ratio`` it is one fraction for every planned group of
@@ -402,9 +429,9 @@ def plan_uniform(
     orders = {g.id: _removal_order(g, np.asarray(scores[g.id], dtype=np.float64)) for g in chosen}
     if config.kind_ratios is None:
         target = _target(config, total_params)
-        n_remove = _uniform_counts(chosen, scores, orders, config, target, count, total_params)
+        n_remove = _uniform_counts(chosen, scores, orders, config, target, count, total_params, allowed)
         return _finish(chosen, _keep_from_counts(chosen, orders, n_remove), count)
-    r = rounding(config)
+    r = rounding(config, allowed)
     for g, kind in pairs:
         rho = config.kind_ratios[kind]
         if _too_much(g, rho, config.min_units, r(g)):
@@ -537,6 +564,15 @@ def plan_global(
 STRATEGIES = {"uniform": plan_uniform, "global": plan_global}
 
 
-def make_plan(groups: Sequence[Group], scores: Mapping[str, np.ndarray], config: PlannerConfig, total_params: int) -> Plan:
-    """Kept units per group, by ``config.strategy``."""
+def make_plan(
+    groups: Sequence[Group],
+    scores: Mapping[str, np.ndarray],
+    config: PlannerConfig,
+    total_params: int,
+    allowed: Mapping[str, frozenset] | None = None,
+) -> Plan:
+    """Kept units per group, by ``config.strategy``; ``allowed`` kept counts per group id under ``align``
+    (which implies the uniform strategy, see :func:`plan_uniform`)."""
+    if config.align is not None:
+        return plan_uniform(groups, scores, config, total_params, allowed)
     return STRATEGIES[config.strategy](groups, scores, config, total_params)

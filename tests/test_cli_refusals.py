@@ -393,13 +393,6 @@ def test_round_to_larger_than_every_group_is_refused(tmp_path, capsys, no_weight
     assert_refused(code, err, "--round-to 100000 is larger than every planned group (the largest has 172 units)")
 
 
-def test_align_whose_head_count_the_config_refuses_is_refused_and_writes_nothing(tmp_path, capsys):
-    code, _, err = run_cli(capsys, *prune_argv(STORIES, tmp_path / "o", "--align", "8"))
-    assert_refused(code, err, "--align 8: no change of the llama config's size fields rebuilds the pruned model")
-    assert "the config accepts [2, 4, 8] attention heads (of 8)" in err
-    assert not (tmp_path / "o").exists()
-
-
 def test_align_with_the_global_strategy_is_refused(tmp_path, capsys, no_weights_loaded):
     code, _, err = run_cli(capsys, *prune_argv(STORIES, tmp_path / "o", "--align", "8", "--strategy", "global"))
     assert_refused(code, err, "align keeps every layer alike, which needs strategy 'uniform', not 'global'")

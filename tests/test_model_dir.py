@@ -148,9 +148,8 @@ MODES = ("aligned", "per_layer", "uniform")
 def mode_config(name: str, mode: str) -> PruneConfig:
     if mode == "per_layer":
         return PruneConfig(ratio=0.3, importance="l2", strategy="global", kinds=["attention", "mlp_channel", "hidden_channel"])
-    if mode == "aligned":  # heads only where the config can say how many (see the refusal tests below)
-        kinds = ["attention", "mlp_channel"] if name in PLAIN_CONFIG else ["mlp_channel"]
-        return PruneConfig(ratio=0.2, importance="l2", align=8, kinds=kinds)
+    if mode == "aligned":  # heads go only where the config can say how many
+        return PruneConfig(ratio=0.2, importance="l2", align=8)
     return PruneConfig(ratio=0.3, importance="l2")
 # per-layer sizes that transformers' per_layer_config schema expresses (the others: the record only)
 ALIGN_REFUSED = {"bloom"}  # its MLP width is 4 * hidden_size, no config field of its own
@@ -233,41 +232,42 @@ def test_per_layer_config_describes_each_layer(round_trip, name):
 
 @pytest.mark.parametrize("name", ["llama_gqa", "qwen2", "phi3", "gpt2", "opt"])
 def test_aligned_mode_keeps_layers_alike_and_needs_no_remote_code(name, tmp_path):
+    """Heads go only where the config has a head_dim of its own (Llama); elsewhere the MLP takes the ratio."""
     from transformers import AutoModelForCausalLM
 
-    kinds = ["attention", "mlp_channel"] if name in PLAIN_CONFIG else ["mlp_channel"]  # see below
-    result = prune(ZOO[name].build(), PruneConfig(ratio=0.2, importance="l2", align=8, kinds=kinds), progress=False)
+    result = prune(ZOO[name].build(), PruneConfig(ratio=0.2, importance="l2", align=8), progress=False)
     widths = {len(units) for gid, units in result.record.kept.items() if gid.startswith("mlp_channel@")}
     assert len(widths) == 1 and widths.pop() % 8 == 0, result.record.kept.keys()
+    heads_pruned = any(gid.startswith(("kv_group@", "attention_head@")) for gid in result.record.kept)
+    assert heads_pruned == (name == "llama_gqa")
     out = save_pruned(result.model, tmp_path / name, result.record)
     assert not (out / "modeling_depprune.py").exists()
     plain = AutoModelForCausalLM.from_pretrained(out).eval()
     torch.testing.assert_close(logits(plain), logits(result.model), rtol=0, atol=1e-5)
 
 
-def test_aligned_mode_refuses_heads_the_config_cannot_express():
+def test_aligned_mode_refuses_what_the_config_cannot_express():
+    """BLOOM's MLP width is 4 * hidden_size, no field of its own; its heads set the head size."""
     from pruners.errors import PlanError
 
-    with pytest.raises(PlanError, match=r"--align 8: no change of the gpt2 config's size fields rebuilds the pruned model"):
-        prune(ZOO["gpt2"].build(), PruneConfig(ratio=0.2, importance="l2", align=8), progress=False)
-
-
-def test_aligned_mode_refuses_heads_of_a_config_without_head_dim():
-    """Qwen2's head size is hidden_size / num_attention_heads (in vLLM too): fewer heads, another head size."""
-    from pruners.errors import PlanError
-
-    with pytest.raises(PlanError, match=r"--align 8: no change of the qwen2 config's size fields rebuilds the pruned model"):
-        prune(ZOO["qwen2"].build(), PruneConfig(ratio=0.2, importance="l2", align=8), progress=False)
+    with pytest.raises(PlanError, match=r"--align 8: no change of the bloom config's size fields rebuilds the pruned model"):
+        prune(ZOO["bloom"].build(), PruneConfig(ratio=0.2, importance="l2", align=8), progress=False)
 
 
 @pytest.mark.shared
-def test_aligned_mode_names_the_head_counts_the_config_accepts():
-    """stories260K: hidden 64, 8 heads in 4 KV groups; 20% keeps 3 KV groups (6 heads), which LlamaConfig refuses."""
-    from pruners.errors import PlanError
+@pytest.mark.parametrize("ratio, heads", [(0.2, 8), (0.5, 4)])
+def test_aligned_mode_keeps_only_head_counts_the_config_accepts(ratio, heads):
+    """stories260K: hidden 64, 8 heads in 4 KV groups; LlamaConfig accepts 2, 4 or 8 heads, not 6
+    (a uniform 20% would keep 3 KV groups): aligned, the heads stay at 8, or go to 4 at 50%."""
     from pruners.io.checkpoint import load_model
+    from pruners.pipeline import accepted_head_counts
 
-    with pytest.raises(PlanError, match=r"the config accepts \[2, 4, 8\] attention heads \(of 8\)"):
-        prune(load_model(STORIES), PruneConfig(ratio=0.2, importance="l2", align=8), progress=False)
+    model = load_model(STORIES)
+    assert accepted_head_counts(model.config) == [2, 4, 8]
+    result = prune(model, PruneConfig(ratio=ratio, importance="l2", align=8), progress=False)
+    assert result.record.config.get("num_attention_heads", 8) == heads
+    assert result.record.config["intermediate_size"] % 8 == 0
+    assert abs(result.plan.params_removed / result.params_before - ratio) < 0.05
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -642,10 +642,11 @@ def check_rebuilt_buffers(model: nn.Module, record: PruneRecord) -> None:
     architecture computes them from ``config.json`` when it is built.  Here the model is built
     as :func:`load_model` builds it -- parameters on meta, buffers for real, the record applied
     -- and each computed buffer compared with the pruned model's.  A plan that slices one
-    (a buffer along a pruned axis) would load as a different model, so it is refused.
+    (a buffer along a pruned axis) would load as a different model, so it is refused: by
+    :func:`pruners.prune` right after slicing, and again before anything is written.
     """
     computed = computed_buffers(model)
-    if not computed or not hasattr(model, "config"):
+    if not computed or not hasattr(getattr(model, "config", None), "to_dict"):  # saved only for HF models
         return
     from accelerate import init_empty_weights
 

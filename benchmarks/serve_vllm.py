@@ -75,8 +75,7 @@ def prompt_logprobs(model, ids: list[int]) -> list[float]:
 
 def make_cases(root: Path) -> list[dict]:
     """Prune, save and score every (architecture, mode) in depprune's environment."""
-    from pruners import prune, save_pruned
-    from pruners.errors import PlanError
+    from pruners import DeppruneError, prune, save_pruned
 
     cases = []
     for arch in ("llama", "qwen2", "phi3"):
@@ -85,7 +84,7 @@ def make_cases(root: Path) -> list[dict]:
             case = {"arch": arch, "mode": mode}
             try:
                 result = prune(model, prune_config(arch, mode), progress=False)
-            except PlanError as e:
+            except DeppruneError as e:  # a plan depprune refuses is a row too
                 cases.append({**case, "refused_by": "depprune", "reason": str(e)})
                 continue
             out = save_pruned(result.model, root / f"{arch}-{mode}", result.record, source=TOKENIZER)  # its tokenizer files

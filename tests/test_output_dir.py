@@ -302,7 +302,8 @@ def test_lock_file_replaced_while_waiting_is_not_trusted(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- processes
 
 CHILD = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal: a background job inherits SIGINT ignored
 from pathlib import Path
 import pruners.io.output_dir as mod
 from pruners.errors import OutputError

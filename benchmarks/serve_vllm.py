@@ -51,12 +51,11 @@ def build(arch: str):
     return model_cls(config_cls(**shapes, bos_token_id=1, eos_token_id=2, pad_token_id=0)).float().eval()
 
 
-def prune_config(arch: str, mode: str):
+def prune_config(mode: str):
     from pruners import PruneConfig
 
-    if mode == "aligned":  # Qwen2's and Phi-3's configs cannot say fewer heads (no head_dim field): MLP only
-        kinds = ["attention", "mlp_channel"] if arch == "llama" else ["mlp_channel"]
-        return PruneConfig(ratio=0.25 if arch == "llama" else 0.15, importance="l2", align=8, kinds=kinds)
+    if mode == "aligned":  # heads only where the config can say how many (Llama); the MLP otherwise
+        return PruneConfig(ratio=0.25, importance="l2", align=8)
     if mode == "per_layer":
         return PruneConfig(ratio=0.3, importance="l2", strategy="global")
     if mode == "per_layer_hidden":
@@ -83,7 +82,7 @@ def make_cases(root: Path) -> list[dict]:
         for mode in MODES:
             case = {"arch": arch, "mode": mode}
             try:
-                result = prune(model, prune_config(arch, mode), progress=False)
+                result = prune(model, prune_config(mode), progress=False)
             except DeppruneError as e:  # a plan depprune refuses is a row too
                 cases.append({**case, "refused_by": "depprune", "reason": str(e)})
                 continue
@@ -135,8 +134,8 @@ def report(cases: list[dict]) -> str:
         f"vLLM: {' '.join(VLLM_PINS)} on CPU, float32, in its own venv. Models: Llama-, Qwen2- and Phi-3-shaped, "
         f"random weights (seed 0), {SHAPES['num_hidden_layers']} layers, hidden {SHAPES['hidden_size']}, "
         f"{SHAPES['num_attention_heads']} heads of 32 in {SHAPES['num_key_value_heads']} KV groups, MLP "
-        f"{SHAPES['intermediate_size']}; pruned with l2: uniform 30%; aligned (align=8): Llama 25% of heads and MLP, "
-        "Qwen2 and Phi-3 15% of MLP only (their configs cannot say fewer heads); per-layer (the global strategy) "
+        f"{SHAPES['intermediate_size']}; pruned with l2: uniform 30%; aligned (align=8) 25% (Qwen2's and Phi-3's configs "
+        "cannot say fewer heads: there the MLP takes it all); per-layer (the global strategy) "
         "30%, and per_layer_hidden: the same with hidden channels too. Max |log p| difference over the prompt tokens of "
         f"{len(PROMPTS)} prompts, vLLM vs transformers.",
         "",

@@ -210,6 +210,41 @@ def test_the_output_opens_in_plain_transformers_without_depprune(round_trip, nam
         assert ("per_layer_config" in cfg) == (name in PER_LAYER_SCHEMA)
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_depprune_loads_the_same_model_transformers_does(round_trip, name, mode):
+    """load_model never runs the generated code: it builds the source architecture and applies the record."""
+    from pruners.io.checkpoint import load_model
+
+    _, saved = round_trip
+    if isinstance(saved[f"{name}-{mode}"], PlanError):
+        return
+    out, _, result = saved[f"{name}-{mode}"]
+    torch.testing.assert_close(logits(load_model(out)), logits(result.model), rtol=0, atol=1e-6)  # eager vs sdpa
+
+
+@pytest.mark.parametrize("name", ["llama_gqa", "gpt2", "falcon"])
+def test_peft_lora_sizes_each_adapter_from_its_own_layer(round_trip, name):
+    """A per-layer output opened by transformers takes LoRA on every linear layer, each adapter
+    shaped like its layer; at initialisation (B = 0) the adapted model computes the same logits."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    _, saved = round_trip
+    out, _, result = saved[f"{name}-per_layer"]
+    model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    before = logits(model)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0)).eval()
+    lora = [m for m in peft_model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
+    assert lora and all(
+        m.lora_A["default"].in_features == m.base_layer.weight.shape[-1]
+        or m.lora_A["default"].in_features == m.base_layer.weight.shape[0]  # Conv1D stores (in, out)
+        for m in lora
+    )
+    assert len({m.lora_A["default"].in_features for m in lora} | {m.lora_B["default"].out_features for m in lora}) > 2
+    torch.testing.assert_close(logits(peft_model), before, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", sorted(PER_LAYER_SCHEMA))
 def test_per_layer_config_describes_each_layer(round_trip, name):
     """transformers resolves ``config.per_layer_config[i]``; each resolved layer config builds the pruned layer."""

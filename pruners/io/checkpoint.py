@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import ModelSourceError, PlanError
 from ..slicing.executor import PruneRecord, owner_and_attr
+from ..slicing.sized_modeling import resize_to_record
 from .device import dtype_name, resolve_device, resolve_dtype
 from .model_files import (
     check_config,
@@ -40,7 +41,6 @@ from .model_files import (
 )
 from .output_dir import OutputDir
 from .remote_code import MODEL_TYPE_PREFIX, MODELING_FILE, modeling_code, recorded_sizes
-from .sized_modeling import resize_to_record
 
 FORMAT = 1
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")  # loadable weights: safetensors only, never pickles

@@ -32,7 +32,6 @@ Two mechanisms:
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 import re
@@ -45,6 +44,7 @@ from depgraph.layout import Cat, Factor, Prod, resolve
 from depgraph.tracer import Trace, meta_copy, trace
 
 from ..errors import PlanError
+from .sized_modeling import resize_to_record
 
 ShapeAdapter = Callable[[nn.Module], None]
 
@@ -316,21 +316,11 @@ def choices(per_path: Mapping[str, Candidate]) -> list[dict[str, int]]:
 
 
 def set_attributes(model: nn.Module, changes: Iterable[tuple[str, str, int]]) -> None:
-    """Apply ``(module path, attribute, value)`` changes; ``config.X`` gives the module its own config copy."""
-    own: dict = {}
-    for path, attr, value in changes:
-        _set(model, path, attr, value, own)
+    """Apply ``(module path, attribute, value)`` changes; ``config.X`` gives the module its own config copy.
 
-
-def _set(model: nn.Module, path: str, attr: str, value: int, own_configs: dict) -> None:
-    mod = model.get_submodule(path) if path else model
-    if attr.startswith("config."):
-        if path not in own_configs:
-            own_configs[path] = copy.copy(mod.config)
-            mod.config = own_configs[path]
-        setattr(mod.config, attr[len("config.") :], value)
-    else:
-        setattr(mod, attr, value)
+    The same code the generated modeling file runs (:func:`.sized_modeling.resize_to_record`).
+    """
+    resize_to_record(model, {"shapes": {}, "attributes": list(changes)})
 
 
 def infer_attributes(

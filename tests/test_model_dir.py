@@ -294,8 +294,8 @@ def test_aligned_mode_refuses_what_the_config_cannot_express():
 def test_aligned_mode_keeps_only_head_counts_the_config_accepts(ratio, heads):
     """stories260K: hidden 64, 8 heads in 4 KV groups; LlamaConfig accepts 2, 4 or 8 heads, not 6
     (a uniform 20% would keep 3 KV groups): aligned, the heads stay at 8, or go to 4 at 50%."""
+    from pruners.alignment import accepted_head_counts
     from pruners.io.checkpoint import load_model
-    from pruners.pipeline import accepted_head_counts
 
     model = load_model(STORIES)
     assert accepted_head_counts(model.config) == [2, 4, 8]

@@ -1,7 +1,7 @@
 """The house's rules, read from the source: imports point down the data path, and only public names cross packages.
 
-depgraph <- pruners <- recovery: ``depgraph`` never imports ``pruners`` (or ``recovery``), and
-``pruners`` never imports ``recovery``.  Benchmarks use the public API: ``pruners`` top-level
+depgraph <- pruners <- recovery <- learned: ``depgraph`` never imports ``pruners`` (or what comes
+after it), ``pruners`` never imports ``recovery`` or ``learned``, ``recovery`` never imports ``learned``.  Benchmarks use the public API: ``pruners`` top-level
 names (``pruners/__init__.py``) and ``depgraph``'s public modules.  Nothing outside a package
 imports a private (``_``-prefixed) name from it.
 """
@@ -39,7 +39,9 @@ def sources(folder: str) -> list[Path]:
     return sorted((REPO / folder).rglob("*.py"))
 
 
-@pytest.mark.parametrize("folder,forbidden", [("depgraph", ("pruners", "recovery")), ("pruners", ("recovery",))])
+@pytest.mark.parametrize("folder,forbidden", [
+    ("depgraph", ("pruners", "recovery", "learned")), ("pruners", ("recovery", "learned")), ("recovery", ("learned",)),
+])
 def test_imports_point_down_the_data_path(folder, forbidden):
     bad = [(p.relative_to(REPO), m) for p in sources(folder) for m, _ in imports(p) if m.split(".")[0] in forbidden]
     assert not bad, bad
@@ -72,13 +74,27 @@ def test_recovery_uses_the_public_api_only():
     assert sources("recovery") and not bad, bad
 
 
+def test_learned_uses_public_apis_only():
+    """learned/ (gates trained after recovery's fashion) may use pruners' top-level API and plugin modules,
+    recovery, and depgraph's public modules (the groups it gates)."""
+    public = set(pruners.__all__)
+    bad = []
+    for p in sources("learned"):
+        for module, names in imports(p):
+            if module == "pruners" and not set(names) <= public:
+                bad.append((p.relative_to(REPO), module, sorted(set(names) - public)))
+            elif module.startswith("pruners.") and module not in PLUGIN_MODULES:
+                bad.append((p.relative_to(REPO), module, names))
+    assert sources("learned") and not bad, bad
+
+
 def test_no_private_name_is_imported_across_packages():
     bad = []
-    for folder in ("benchmarks", "tests", "pruners", "depgraph", "recovery"):
+    for folder in ("benchmarks", "tests", "pruners", "depgraph", "recovery", "learned"):
         for p in sources(folder):
             own = p.relative_to(REPO).parts[0]
             for module, names in imports(p):
-                if module.split(".")[0] in ("pruners", "depgraph", "recovery") and module.split(".")[0] != own:
+                if module.split(".")[0] in ("pruners", "depgraph", "recovery", "learned") and module.split(".")[0] != own:
                     bad += [(p.relative_to(REPO), module, n) for n in names if n.startswith("_")]
     assert not bad, bad
 

@@ -52,6 +52,7 @@ _EXPORTS = {
     "removed_positions": "slicing.masks",
     "masked_copy": "slicing.masks",
     "attach_gates": "slicing.masks",
+    "attach_gate_source": "slicing.masks",
     "remove_gates": "slicing.masks",
     # files
     "load_model": "io.checkpoint",

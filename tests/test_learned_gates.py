@@ -106,3 +106,37 @@ def test_expected_size_is_differentiable_and_couples_kinds():
         ExpectedSize(chosen, count_params(model))(probs).backward()
         grads.append(float(probs[hidden.id].grad[0]))
     assert grads[0] > grads[1] > 0
+
+
+def test_hard_concrete_gates_on_the_model_are_the_masked_plan_at_0_1_and_train():
+    from learned.gates import HardConcreteGates
+    from pruners import attach_gate_source
+
+    from zoo import logits, masked_reference
+
+    model = ARCHS["llama_gqa"].build()
+    tr, groups = analyze(model)
+    keep = random_plan(groups, "kv_group") | random_plan(groups, "mlp_channel")
+    chosen = [g for g in groups if g.id in keep]
+    gated = ARCHS["llama_gqa"].build()  # the same weights
+    source = HardConcreteGates(chosen)
+    attach_gate_source(gated, chosen, source)
+    assert {n for n, _ in gated.named_parameters() if "log_alpha" in n}  # the gates are the model's parameters
+    with torch.no_grad():
+        for g in chosen:
+            la = source.gates[g.id].log_alpha
+            la.fill_(-10.0)
+            la[keep[g.id]] = 10.0
+    source.eval()
+    ids = torch.randint(3, 90, (2, 9), generator=torch.Generator().manual_seed(0))
+    want = logits(masked_reference(model, groups, keep), ids)
+    torch.testing.assert_close(logits(gated, ids), want, rtol=0, atol=1e-5)
+    pruned, _ = execute(model, tr, groups, keep)
+    torch.testing.assert_close(logits(pruned, ids), want, rtol=0, atol=1e-5)
+    source.train()
+    with torch.no_grad():
+        for g in chosen:
+            source.gates[g.id].log_alpha.fill_(0.5)
+    source.resample()
+    gated(ids).logits.float().pow(2).mean().backward()
+    assert all(source.gates[g.id].log_alpha.grad.abs().sum() > 0 for g in chosen)

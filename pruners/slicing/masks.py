@@ -8,7 +8,8 @@ model's shapes and act on the same member slices instead:
   of ``benchmarks/ablation.py``;
 - :func:`attach_gates` multiplies every member slice of unit ``u`` by a learnable gate
   ``g[u]`` (``torch.nn.utils.parametrize``), for learned pruning: all gates 1 is the dense
-  model, the gates of the removed units at 0 is :func:`masked_copy` of that plan.
+  model, the gates of the removed units at 0 is :func:`masked_copy` of that plan;
+  :func:`attach_gate_source` reads the gates from any module instead (sampled hard-concrete gates).
 
 >>> from torch import nn
 >>> from depgraph.groups import Group, Member
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -65,22 +67,47 @@ def masked_copy(model: nn.Module, drops: Sequence[Drop]) -> nn.Module:
     return out
 
 
-class UnitGate(nn.Module):
-    """``W * g[unit_of]`` along one axis of ``W``; positions that belong to no unit are left as they are.
+class GateSource(Protocol):
+    """Where gates read their values: ``source(group_id)`` is that group's ``(n_units,)`` gate tensor.
 
-    The gate vector is shared by every member of a group, so one gate scales a unit everywhere.
+    A module (so its parameters are the model's, and move with it); every member slice of a
+    group reads the same call, so a source that samples (hard-concrete gates) must hold one draw
+    per step and return it to every member.
     """
 
-    def __init__(self, gate: nn.Parameter, unit_of: np.ndarray, axis: int, ndim: int):
+    def __call__(self, group_id: str) -> torch.Tensor: ...
+
+
+class ParameterGates(nn.Module):
+    """The plain gate source: one float32 ``(n_units,)`` parameter per group, initialised to ``init``."""
+
+    def __init__(self, groups: Sequence[Group], init: float = 1.0, device: torch.device | None = None):
         super().__init__()
-        self.gate = gate  # (n_units,)
+        self.gates = nn.ParameterDict(
+            {g.id: nn.Parameter(torch.full((g.n_units,), float(init), dtype=torch.float32, device=device)) for g in groups}
+        )
+
+    def forward(self, group_id: str) -> torch.Tensor:
+        return self.gates[group_id]
+
+
+class UnitGate(nn.Module):
+    """``W * g[unit_of]`` along one axis of ``W``, ``g = source(group_id)``; positions of no unit are left as they are.
+
+    The source is shared by every member of every group, so one gate scales a unit everywhere.
+    """
+
+    def __init__(self, source: nn.Module, group_id: str, unit_of: np.ndarray, axis: int, ndim: int):
+        super().__init__()
+        self.source, self.group_id = source, group_id
         self.axis, self.ndim = axis, ndim
         index = torch.as_tensor(np.where(unit_of >= 0, unit_of, 0), dtype=torch.long)
         self.register_buffer("index", index, persistent=False)  # (axis_len,)
         self.register_buffer("owned", torch.as_tensor(unit_of >= 0), persistent=False)  # (axis_len,)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        scale = torch.where(self.owned, self.gate[self.index].to(w.dtype), torch.ones((), dtype=w.dtype, device=w.device))
+        gate = self.source(self.group_id)  # (n_units,)
+        scale = torch.where(self.owned, gate[self.index].to(w.dtype), torch.ones((), dtype=w.dtype, device=w.device))
         shape = [1] * self.ndim
         shape[self.axis] = -1
         return w * scale.view(shape)  # broadcast along ``axis``
@@ -91,24 +118,34 @@ def attach_gates(model: nn.Module, groups: Sequence[Group], init: float = 1.0) -
 
     Each member tensor becomes ``W * g[unit]`` along its member axis through
     ``torch.nn.utils.parametrize`` (tied weights stay tied: both modules read the same
-    original).  Gates are float32 ``(n_units,)`` parameters initialised to ``init``.
+    original).  Gates are float32 ``(n_units,)`` parameters initialised to ``init``
+    (:class:`ParameterGates`; :func:`attach_gate_source` takes any other source).
     :func:`remove_gates` takes the parametrizations off again.
     """
-    gates: dict[str, nn.Parameter] = {}
+    tensors = dict(model.named_parameters(remove_duplicate=False))
+    device = tensors[groups[0].members[0].param].device if groups else None
+    source = ParameterGates(groups, init, device)
+    attach_gate_source(model, groups, source)
+    return dict(source.gates)
+
+
+def attach_gate_source(model: nn.Module, groups: Sequence[Group], source: nn.Module) -> None:
+    """Multiply every member slice of every unit of ``groups`` by the gate ``source(group.id)`` gives (in place).
+
+    ``source`` is a module (see :class:`GateSource`), registered under every gated tensor's
+    parametrization, so its parameters are found, moved and trained with the model's.
+    """
     tensors = dict(model.named_parameters(remove_duplicate=False))
     tensors.update(dict(model.named_buffers()))
     for g in groups:
         device = tensors[g.members[0].param].device
-        gate = nn.Parameter(torch.full((g.n_units,), float(init), dtype=torch.float32, device=device))
-        gates[g.id] = gate
         for m in g.members:
             mod_path, _, attr = m.param.rpartition(".")
             owner = model.get_submodule(mod_path) if mod_path else model
             ndim = getattr(owner, attr).ndim
-            parametrize.register_parametrization(
-                owner, attr, UnitGate(gate, m.unit_of, m.axis, ndim).to(device), unsafe=True
-            )
-    return gates
+            gate = UnitGate(source, g.id, m.unit_of, m.axis, ndim)
+            gate.index, gate.owned = gate.index.to(device), gate.owned.to(device)
+            parametrize.register_parametrization(owner, attr, gate, unsafe=True)
 
 
 def remove_gates(model: nn.Module, bake: bool = False) -> None:

@@ -140,3 +140,22 @@ def test_hard_concrete_gates_on_the_model_are_the_masked_plan_at_0_1_and_train()
     source.resample()
     gated(ids).logits.float().pow(2).mean().backward()
     assert all(source.gates[g.id].log_alpha.grad.abs().sum() > 0 for g in chosen)
+
+
+def test_the_lagrangian_drives_the_expected_sparsity_to_the_target():
+    """Gates alone (no task loss), 100 units of one parameter each: ascent on the multipliers and descent on
+    the gates bring the expected sparsity within 2 points of a 30% target."""
+    from learned.lagrangian import Lagrangian, ascend, ramped_target
+
+    torch.manual_seed(0)
+    gates, lag = HardConcrete(100), Lagrangian()
+    opt = torch.optim.Adam([{"params": gates.parameters(), "lr": 0.05}, {"params": lag.parameters(), "lr": 0.05}])
+    for step in range(400):
+        sparsity = 1 - gates.prob_open().mean()
+        loss = lag(sparsity, ramped_target(step, 0.3, warmup=100))
+        opt.zero_grad()
+        loss.backward()
+        ascend(lag)
+        opt.step()
+    assert abs(float(1 - gates.prob_open().mean()) - 0.3) < 0.02
+    assert float(lag.lambda1) != 0.0

@@ -62,29 +62,29 @@ def test_benchmarks_use_the_public_api_only():
 PLUGIN_MODULES = {"pruners.errors", "pruners.cli.registry", "pruners.cli.arguments"}
 
 
-def test_recovery_uses_the_public_api_only():
+def plugin_violations(folder: str, internal: tuple[str, ...]) -> list:
+    """Imports in ``folder`` of pruners names outside its top-level API, or of modules starting with
+    ``internal`` that are not :data:`PLUGIN_MODULES`."""
     public = set(pruners.__all__)
     bad = []
-    for p in sources("recovery"):
+    for p in sources(folder):
         for module, names in imports(p):
             if module == "pruners" and not set(names) <= public:
                 bad.append((p.relative_to(REPO), module, sorted(set(names) - public)))
-            elif module.startswith(("pruners.", "depgraph")) and module not in PLUGIN_MODULES:
+            elif module.startswith(internal) and module not in PLUGIN_MODULES:
                 bad.append((p.relative_to(REPO), module, names))
+    return bad
+
+
+def test_recovery_uses_the_public_api_only():
+    bad = plugin_violations("recovery", ("pruners.", "depgraph"))
     assert sources("recovery") and not bad, bad
 
 
 def test_learned_uses_public_apis_only():
     """learned/ (gates trained after recovery's fashion) may use pruners' top-level API and plugin modules,
     recovery, and depgraph's public modules (the groups it gates)."""
-    public = set(pruners.__all__)
-    bad = []
-    for p in sources("learned"):
-        for module, names in imports(p):
-            if module == "pruners" and not set(names) <= public:
-                bad.append((p.relative_to(REPO), module, sorted(set(names) - public)))
-            elif module.startswith("pruners.") and module not in PLUGIN_MODULES:
-                bad.append((p.relative_to(REPO), module, names))
+    bad = plugin_violations("learned", ("pruners.",))
     assert sources("learned") and not bad, bad
 
 

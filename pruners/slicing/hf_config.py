@@ -26,13 +26,16 @@ from depgraph.tracer import Trace
 from .attributes import quantities, relkey, sig_size, signature, verify_layouts
 
 
-def config_candidates(config, tr: Trace, new_size: Mapping[Factor, int]) -> dict[str, list[int]]:
+def config_candidates(config, tr: Trace, new_size: Mapping[Factor, int], prefix: str = "") -> dict[str, list[int]]:
     """Top-level int fields whose value is an old pruned size, with the new sizes they could take.
 
     A field may have several: ``hidden_size`` of a model losing hidden channels and heads is
-    the residual width or ``heads * head_dim``, and only a rebuild says which.
+    the residual width or ``heads * head_dim``, and only a rebuild says which.  ``prefix``
+    limits the sizes to those of the parameters under it (one decoder layer).
     """
-    qs = set().union(set(), *(quantities(t, new_size) for info in tr.params.values() for t in info.axes))
+    qs = set().union(set(), *(
+        quantities(t, new_size) for name, info in tr.params.items() if name.startswith(prefix) for t in info.axes
+    ))
     out = {}
     for field, v in sorted(vars(config).items()):
         if type(v) is not int or v <= 1 or field.startswith("_"):
@@ -41,6 +44,14 @@ def config_candidates(config, tr: Trace, new_size: Mapping[Factor, int]) -> dict
         if news:
             out[field] = news
     return out
+
+
+def with_changes(config, changes: Mapping[str, int]):
+    """A deep copy of ``config`` with ``changes`` set (a field that cannot be set raises)."""
+    trial = copy.deepcopy(config)
+    for f, v in changes.items():
+        setattr(trial, f, v)
+    return trial
 
 
 def config_changes(cands: Mapping[str, list[int]]) -> Iterator[dict[str, int]]:
@@ -63,10 +74,8 @@ def hf_config_update(pruned: nn.Module, tr: Trace, new_size: Mapping[Factor, int
     for builds, changes in enumerate(config_changes(config_candidates(config, tr, new_size)), start=1):
         if builds > max_builds:
             return None
-        trial_cfg = copy.deepcopy(config)
         try:
-            for f, v in changes.items():
-                setattr(trial_cfg, f, v)
+            trial_cfg = with_changes(config, changes)
             if hasattr(trial_cfg, "validate"):
                 trial_cfg.validate()  # what save_pretrained and from_pretrained will check
             with torch.device("meta"):

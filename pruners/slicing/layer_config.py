@@ -14,7 +14,6 @@ such fields the answer is ``None``: the record alone describes the model.
 
 from __future__ import annotations
 
-import copy
 import inspect
 import itertools
 from collections.abc import Mapping
@@ -25,8 +24,7 @@ from torch import nn
 from depgraph.layout import Factor
 from depgraph.tracer import Trace
 
-from .attributes import quantities
-from .hf_config import config_changes
+from .hf_config import config_candidates, config_changes, with_changes
 
 
 def head_dim_pins(config) -> list[dict[str, int]]:
@@ -94,11 +92,9 @@ def per_layer_update(pruned: nn.Module, tr: Trace, new_size: Mapping[Factor, int
     path, layers = found
     prefix = f"{path}." if path else ""
     for pin in head_dim_pins(config):
-        base = copy.deepcopy(config)
         try:
-            for f, v in pin.items():
-                setattr(base, f, v)
-        except Exception:
+            base = with_changes(config, pin)
+        except Exception:  # a head_dim the config cannot take
             continue
         out: dict[str, dict[str, int]] = {}
         last: tuple[str, ...] = ()
@@ -122,13 +118,7 @@ def _layer_changes(
     Changes of the fields ``first`` (the previous layer's) are tried before the others.
     """
     target = _sizes(layer)
-    qs = set().union(set(), *(quantities(t, new_size) for n, info in tr.params.items() if n.startswith(prefix) for t in info.axes))
-    cands = {}
-    for field, v in sorted(vars(base).items()):
-        if type(v) is int and v > 1 and not field.startswith("_"):
-            news = sorted({n for o, n in qs if o == v and n != v})
-            if news:
-                cands[field] = news
+    cands = config_candidates(base, tr, new_size, prefix)
     likely = {f: cands[f] for f in first if f in cands} if all(f in cands for f in first) else {}
     tried = itertools.chain(
         [{}], (dict(zip(likely, values)) for values in itertools.product(*likely.values())), config_changes(cands)
@@ -136,11 +126,8 @@ def _layer_changes(
     for builds, changes in enumerate(tried):
         if builds > max_builds:
             return None
-        trial = copy.deepcopy(base)
         try:
-            for f, v in changes.items():
-                setattr(trial, f, v)
-            built = build_layer(type(layer), trial, index)
+            built = build_layer(type(layer), with_changes(base, changes), index)
         except Exception:  # an invalid combination is simply not it
             continue
         if _sizes(built) == target:

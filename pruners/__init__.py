@@ -45,6 +45,7 @@ _EXPORTS = {
     "make_plan": "planner",
     "select_groups": "planner",
     "Plan": "planner",
+    "plan_of": "planner",
     "execute": "slicing.executor",
     "PruneRecord": "slicing.executor",
     "register_shape_adapter": "slicing.attributes",
@@ -69,6 +70,8 @@ _EXPORTS = {
     "is_alpaca_file": "io.documents",
     "register_method": "methods",
     "METHODS": "methods",
+    "MethodFlag": "methods",
+    "method_options": "methods",
     # evaluation
     "perplexity": "eval.perplexity",
     "check_text_file": "eval.perplexity",

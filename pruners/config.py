@@ -260,12 +260,25 @@ class RunConfig(PruneConfig):
         "CLI: --recover FILE sets data.source",
     )
 
+    method_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="options of the method, validated by the config it registered (e.g. compresso's data, "
+        "train and prompt); the method's own flags (--data, --max-steps ...) set them on the command line",
+    )
+
     @field_validator("method")
     @classmethod
     def _method_registered(cls, v: str) -> str:
         from .methods import check_method
 
         return check_method(v)
+
+    @model_validator(mode="after")
+    def _options_fit_method(self):
+        from .methods import validate_method_options
+
+        self.method_options = validate_method_options(self.method, self.method_options)
+        return self
 
 
 def read_run_file(path: str | Path) -> dict[str, Any]:

@@ -6,7 +6,7 @@ The steps are also public on their own: :func:`analyze` (trace and groups), :fun
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ class PruneResult:
     groups: list[Group]
     params_before: int
     params_after: int
+    report: dict = field(default_factory=dict)  # what the method adds to the run's report (a learned method: its training)
 
     @property
     def achieved_ratio(self) -> float:

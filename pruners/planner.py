@@ -324,6 +324,16 @@ def _finish(chosen: Sequence[Group], keep: dict[str, list[int]], count: ParamCou
     return Plan(keep=keep, group_ratio=group_ratio, params_removed=count.removed(removed), by_kind=by_kind)
 
 
+def plan_of(groups: Sequence[Group], keep: Mapping[str, Sequence[int]]) -> Plan:
+    """The :class:`Plan` that keeps ``keep[group id]`` of each named group (a plan made elsewhere, e.g. learned gates).
+
+    ``groups`` are the planned groups (as :func:`select_groups` gives them; KV groups and query
+    heads of one layer not together); their totals are counted exactly, couplings across kinds once.
+    """
+    keep = {gid: sorted(int(u) for u in units) for gid, units in keep.items()}
+    return _finish(list(groups), keep, ParamCount(list(groups)))
+
+
 def _keep_from_counts(chosen: Sequence[Group], orders: Mapping[str, np.ndarray], counts: Mapping[str, int]) -> dict[str, list[int]]:
     """Kept units per group once the first ``counts[group id]`` units of its removal order go."""
     return {g.id: sorted(orders[g.id][counts[g.id] :].tolist()) for g in chosen if counts.get(g.id)}

@@ -18,13 +18,14 @@ prune ... --recover FILE`` to prune and recover in one run.
 """
 
 from .config import DataConfig, DistillOptions, LoraOptions, RecoverConfig, RecoverRunConfig, TrainConfig
-from .data import IGNORE, Example, TrainingData, alpaca_example, build_data, read_data, text_examples
+from .data import IGNORE, Example, TrainingData, alpaca_example, build_data, collate, pad_id, read_data, text_examples
 from .lora import add_adapters, merge_adapters
 from .losses import kd_loss, lm_loss
-from .recipe import RecoverResult, recover, validation_loss
+from .recipe import Batches, RecoverResult, lr_factor, recover, total_steps, validation_loss
 
 __all__ = [
-    "IGNORE", "DataConfig", "DistillOptions", "Example", "LoraOptions", "RecoverConfig", "RecoverResult",
-    "RecoverRunConfig", "TrainConfig", "TrainingData", "add_adapters", "alpaca_example", "build_data", "kd_loss",
-    "lm_loss", "merge_adapters", "read_data", "recover", "text_examples", "validation_loss",
+    "IGNORE", "Batches", "DataConfig", "DistillOptions", "Example", "LoraOptions", "RecoverConfig", "RecoverResult",
+    "RecoverRunConfig", "TrainConfig", "TrainingData", "add_adapters", "alpaca_example", "build_data", "collate",
+    "kd_loss", "lm_loss", "lr_factor", "merge_adapters", "pad_id", "read_data", "recover", "text_examples",
+    "total_steps", "validation_loss",
 ]

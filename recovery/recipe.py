@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from pruners.errors import NonFiniteError, UsageError
 
 from . import checkpoints
-from .config import RecoverConfig
+from .config import RecoverConfig, TrainConfig
 from .data import IGNORE, TrainingData, build_data, collate, epoch_order, pad_id
 from .lora import adapter_state, add_adapters, merge_adapters
 from .losses import kd_loss, lm_loss
@@ -63,17 +63,16 @@ class RecoverResult:
         }
 
 
-def total_steps(config: RecoverConfig, n_train: int) -> int:
-    """Optimiser steps of the run: ``max_steps``, or ``epochs`` passes over ``n_train`` sequences.
+def total_steps(train: TrainConfig, n_train: int) -> int:
+    """Optimiser steps of a run: ``train.max_steps``, or ``train.epochs`` passes over ``n_train`` sequences.
 
-    >>> total_steps(RecoverConfig(data={"source": "a"}, train={"max_steps": None, "epochs": 2, "batch_size": 4}), 10)
+    >>> total_steps(TrainConfig(max_steps=None, epochs=2, batch_size=4), 10)
     6
     """
-    t = config.train
-    if t.max_steps is not None:
-        return t.max_steps
-    per_epoch = math.ceil(n_train / (t.batch_size * t.grad_accum))
-    return max(1, math.ceil(t.epochs * per_epoch))
+    if train.max_steps is not None:
+        return train.max_steps
+    per_epoch = math.ceil(n_train / (train.batch_size * train.grad_accum))
+    return max(1, math.ceil(train.epochs * per_epoch))
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
@@ -189,7 +188,7 @@ def recover(
         model.requires_grad_(True)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}  # (tied weights once)
     optimizer = torch.optim.AdamW(trainable.values(), lr=t.lr, weight_decay=t.weight_decay)
-    steps = total_steps(config, len(data.train))
+    steps = total_steps(t, len(data.train))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t.warmup_steps, steps, t.min_lr_ratio))
     batches = Batches(data, t.batch_size, t.seed, pad_id(tokenizer))
     flat = flat_config(config)

@@ -100,6 +100,32 @@ def add_arguments(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--seed", type=int, help="seed for random importance and calibration sampling (default 0)")
     pr.add_argument("--json", action="store_true", help="print one JSON object")
     pr.add_argument("--quiet", action="store_true", help="no progress bars")
+    for method in METHODS.values():
+        if method.flags:
+            group = pr.add_argument_group(f"options of --method {method.name} (its method_options in --config)")
+            for f in method.flags:
+                group.add_argument(f.flag, dest=_flag_dest(f.flag), help=f.help, **dict(f.kwargs))
+
+
+def _flag_dest(flag: str) -> str:
+    """The argparse destination of a method's flag (apart from the command's own)."""
+    return "method_flag_" + flag.lstrip("-").replace("-", "_")
+
+
+def _method_flags_from_command_line(args, data: dict) -> None:
+    """Each method flag given is written into ``method_options``; a flag of another method than the run's is refused."""
+    from ..methods import METHODS
+
+    method = data.get("method", "one-shot")
+    for spec in METHODS.values():
+        given = [f for f in spec.flags if getattr(args, _flag_dest(f.flag), None) is not None]
+        if given and spec.name != method:
+            raise UsageError(f"{given[0].flag} is an option of --method {spec.name}, not of {short_repr(method)}")
+        if given:
+            options = data.setdefault("method_options", {})
+            if not isinstance(options, dict):
+                raise UsageError(f"method_options {short_repr(options)} in --config must be a mapping of the method's options")
+            set_flags(args, options, {_flag_dest(f.flag): f.path for f in given})
 
 
 def _layer_bound(text: str) -> int | float:
@@ -176,6 +202,7 @@ def run_config(args):
     _target_from_command_line(args, data)
     _options_from_command_line(args, data)
     set_flags(args, data, FLAG_KEYS)
+    _method_flags_from_command_line(args, data)
     for required in ("model", "out"):
         if data.get(required) is None:
             raise UsageError(f"--{required} is required (on the command line or in --config)")
@@ -315,13 +342,18 @@ def recovery_stage(cfg, trust_remote_code: bool):
 def run(args) -> dict:
     """Check everything, reserve OUT, then load, prune, (recover,) evaluate and write OUT in one swap."""
     from ..io.output_dir import OutputDir
+    from ..methods import METHODS
 
     cfg = run_config(args)
     device = check_device_options(cfg.device, cfg.dtype)  # e.g. --device cuda without CUDA: before anything is read
     _check_input_files(cfg)
+    method = METHODS[cfg.method]
+    if method.check is not None:
+        method.check(cfg)  # run options the method cannot honour, its input files: before any model is loaded
     stage = recovery_stage(cfg, args.trust_remote_code)  # its options and data file: checked before any model is loaded
     inputs = [cfg.model, cfg.tokenizer, cfg.calibration.source, cfg.eval_text, args.config]
     inputs += stage[0].inputs(stage[1]) if stage[0] else []
+    inputs += method.inputs(cfg) if method.inputs else []
     out = OutputDir(cfg.out, force=cfg.force, inputs=inputs, warn=warn)
     try:
         return _prune_into(out, cfg, args, device, stage)
@@ -346,16 +378,20 @@ def _prune_into(out, cfg, args, device, stage=(None, None)) -> dict:
         vocab = skeleton.get_input_embeddings().num_embeddings
         tokenizer = None
         recovery, recovery_config = stage
-        if needs_data or cfg.eval_text or recovery:
+        method = METHODS[cfg.method]
+        if needs_data or cfg.eval_text or recovery or method.needs_tokenizer or method.prepare:
             tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, trust_remote_code=trust, vocab_size=vocab)
         samples = run_samples(cfg, tokenizer) if needs_data else None  # too few tokens fails here, before any weight
+        extra = {"prepared": method.prepare(cfg, tokenizer)} if method.prepare else {}  # e.g. tokenised training data
         prepared = recovery.prepare(recovery_config, tokenizer) if recovery else None  # tokenised training data
         analysis = analyze(skeleton)
         check_feasible(analysis[1], cfg, count_params(skeleton))  # plan errors before loading weights
         model = load_model(
             cfg.model, device, dtype=cfg.dtype, trust_remote_code=trust, allow_nonfinite=cfg.allow_nonfinite
         )
-        result = METHODS[cfg.method](model, cfg, progress=not args.quiet, analysis=analysis, samples=samples)
+        result = method.run(
+            model, cfg, progress=not args.quiet, analysis=analysis, tokenizer=tokenizer, samples=samples, **extra
+        )
         report = _prune_report(cfg, result, device)
         from ..eval.perplexity import perplexity
 
@@ -411,11 +447,15 @@ def _prune_report(cfg, result, device) -> dict:
         "ratio_achieved": round(result.achieved_ratio, 6),
         "group_ratio": round(result.plan.group_ratio, 6),
         "removed": result.plan.by_kind,
+        **({"method_report": result.report} if result.report else {}),
     }
 
 
 def show(r: dict) -> None:
-    print(f"pruned {r['model']} -> {r['out']}  (importance {r['importance']}, aggregation {r['aggregation']}, kinds {' '.join(r['kinds'])}; {r['dtype']} on {r['device']})")
+    how = f"importance {r['importance']}, aggregation {r['aggregation']}" if r["method"] == "one-shot" else f"method {r['method']}"
+    print(f"pruned {r['model']} -> {r['out']}  ({how}, kinds {' '.join(r['kinds'])}; {r['dtype']} on {r['device']})")
+    for line in r.get("method_report", {}).get("summary", []):
+        print(line)
     print(f"{'':<14}{'before':>14}{'after':>14}")
     print(f"{'parameters':<14}{r['params_before']:>14,}{r['params_after']:>14,}")
     if "ppl_before" in r:

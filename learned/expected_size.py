@@ -34,12 +34,11 @@ from depgraph.groups import Group
 class ExpectedSize:
     """``size(probs)``: the expected parameters kept when unit ``u`` of group ``id`` stays with ``probs[id][u]``.
 
-    ``total_params`` is the model's parameter count (tied weights once); groups missing from
-    ``probs`` are kept whole.
+    ``total_params`` is the model's parameter count (tied weights once); ``None`` counts only the
+    tensors the groups cut (one layer's share, say).  Groups missing from ``probs`` are kept whole.
     """
 
-    def __init__(self, groups: Sequence[Group], total_params: int):
-        self.total = int(total_params)
+    def __init__(self, groups: Sequence[Group], total_params: int | None = None):
         self.shapes: dict[str, tuple[int, ...]] = {}
         # (tensor, axis) -> [(group id, unit index per position (-1: not owned))]
         self.axes: dict[tuple[str, int], list[tuple[str, np.ndarray]]] = {}
@@ -51,6 +50,8 @@ class ExpectedSize:
                     raise ValueError(f"group {g.id}: member {m.param} has no recorded shape; trace the model to get one")
                 self.shapes[m.param] = tuple(m.shape)
                 self.axes.setdefault((m.param, m.axis), []).append((g.id, np.asarray(m.unit_of)))
+        self.cut = sum(int(np.prod(shape)) for shape in self.shapes.values())  # parameters of the tensors cut
+        self.total = self.cut if total_params is None else int(total_params)
 
     def __call__(self, probs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         ref = next(iter(probs.values()), torch.zeros(()))

@@ -45,6 +45,11 @@ class HardConcreteGates(nn.Module):
             self.resample()
         return self._draw[group_id]
 
+    def project(self) -> None:
+        """Keep every ``log_alpha`` in range (call after each optimiser step)."""
+        for gate in self.gates.values():
+            gate.project()
+
     def prob_open(self) -> dict[str, torch.Tensor]:
         """P(gate > 0) per unit of every group: what :class:`~learned.expected_size.ExpectedSize` takes."""
         return {gid: gate.prob_open() for gid, gate in self.gates.items()}

@@ -39,6 +39,12 @@ class HardConcrete(nn.Module):
         start = math.log(init_open / (1 - init_open)) + beta * math.log(-self.l / self.r)
         self.log_alpha = nn.Parameter(torch.full((n,), start, dtype=torch.float32))  # (n,)
 
+    @torch.no_grad()
+    def project(self) -> None:
+        """Clamp ``log_alpha`` itself to ``LOG_ALPHA_RANGE`` (after an optimiser step): beyond it the clamped
+        forward has no gradient, and a gate carried past it by momentum could never move again."""
+        self.log_alpha.clamp_(*LOG_ALPHA_RANGE)
+
     def _log_alpha(self) -> torch.Tensor:
         return self.log_alpha.clamp(*LOG_ALPHA_RANGE)
 

@@ -23,16 +23,21 @@ from torch import nn
 
 
 class Lagrangian(nn.Module):
-    """The two multipliers (float32 scalars, starting at 0) and the penalty they weigh."""
+    """The two multipliers of each of ``n`` constraints (float32, starting at 0) and the penalty they weigh.
 
-    def __init__(self):
+    ``n = 1``: one global constraint; ``n`` layers: one per layer (``sparsity`` is then ``(n,)``),
+    the penalties summed.
+    """
+
+    def __init__(self, n: int = 1, lambda2: float = 0.0):
         super().__init__()
-        self.lambda1 = nn.Parameter(torch.zeros((), dtype=torch.float32))
-        self.lambda2 = nn.Parameter(torch.zeros((), dtype=torch.float32))
+        shape = () if n == 1 else (n,)
+        self.lambda1 = nn.Parameter(torch.zeros(shape, dtype=torch.float32))
+        self.lambda2 = nn.Parameter(torch.full(shape, float(lambda2), dtype=torch.float32))
 
     def forward(self, sparsity: torch.Tensor, target: float) -> torch.Tensor:
-        gap = sparsity - target
-        return self.lambda1 * gap + self.lambda2 * gap * gap
+        gap = sparsity - target  # () or (n,)
+        return (self.lambda1 * gap + self.lambda2 * gap * gap).sum()
 
 
 def ascend(lagrangian: Lagrangian) -> None:

@@ -59,5 +59,5 @@ def test_an_installed_method_runs_under_prune_method(installed_method, tmp_path,
 def test_an_unknown_method_is_one_line(tmp_path, capsys):
     code = main(["prune", "--model", str(STORIES), "--ratio", "0.2", "--method", "nope", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert code == 2 and "--method 'nope': unknown pruning method 'nope'; registered: one-shot" in err, err
+    assert code == 2 and "--method 'nope': unknown pruning method 'nope'; registered: compresso, one-shot" in err, err
     assert not (tmp_path / "o").exists()

@@ -24,11 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing as mp
 import resource
 import time
 from pathlib import Path
-from queue import Empty
+
+from runner import run_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -117,26 +117,7 @@ def run_all(args) -> None:
     done = json.loads(path.read_text()) if path.exists() else []
     have = {key(r) for r in done}
     todo = [j for j in jobs(args) if key(j) not in have]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    running: dict = {}  # job key -> its process
-    while todo or running:
-        while todo and len(running) < args.jobs:
-            job = todo.pop(0)
-            running[key(job)] = ctx.Process(target=one_run, args=(job, queue))
-            running[key(job)].start()
-        result = None
-        while result is None:  # a run that crashed puts nothing: stop, naming it, instead of waiting forever
-            try:
-                result = queue.get(timeout=5)
-            except Empty:
-                failed = [k for k, p in running.items() if p.exitcode not in (None, 0)]
-                if failed:
-                    raise SystemExit(f"run {failed[0]} failed (exit code {running[failed[0]].exitcode})") from None
-        running.pop(key(result)).join()
-        done.append(result)
-        path.write_text(json.dumps(done, indent=1) + "\n")
-        print(f"{key(result)}: TinyStories PPL {result['ppl_tinystories']:.3f}", flush=True)
+    run_jobs(todo, one_run, key, path, done, args.jobs, lambda r: f"TinyStories PPL {r['ppl_tinystories']:.3f}")
 
 
 TARGETS = {0.2: 1.15, 0.5: 1.6}  # issue 9: recovered TinyStories PPL within this many times dense, on stories260K

@@ -12,8 +12,8 @@ it sits under ``method_options``::
     method_options:
       data: {source: ../shared/data/tinystories-train/tinystories-train.cased.txt, seq_len: 128}
       train: {lr: 0.002, batch_size: 16, max_steps: 300}
-      gates: {lr: 0.1, init_open: 0.995}
-      constraint: {scope: global, warmup: 0.5, lr: 0.1}
+      gates: {lr: 0.2, init_open: 0.995}
+      constraint: {scope: global, warmup: 0.25, lr: 1.0}
       prompt: {enabled: true}
 
 >>> cfg = CompressoConfig(data={"source": "train.txt"})
@@ -56,7 +56,9 @@ class ConstraintOptions(BaseModel):
         "per_layer: one constraint per layer, every layer reaches the same sparsity (not with hidden_channel)",
     )
     warmup: float = Field(
-        0.5, ge=0, le=1, description="fraction of the steps over which the target rises linearly from 0 to the ratio"
+        0.25, ge=0, le=1,
+        description="fraction of the steps over which the target rises linearly from 0 to the ratio (the rest "
+        "trains the adapters on what stays)",
     )
     lr: float = Field(1.0, gt=0, description="learning rate of the multipliers' ascent (plain gradient ascent)")
     lambda2_init: float = Field(

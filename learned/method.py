@@ -38,7 +38,7 @@ from pruners import (
     register_method,
     select_groups,
 )
-from recovery import TrainingData, build_data, read_data
+from recovery import TrainingData, build_data, read_data, validation_loss
 
 from .config import CompressoConfig
 from .export import export, kept_units
@@ -58,7 +58,7 @@ SCORING_FIELDS = {
 }
 
 
-def check_config(config) -> None:
+def check_config(config, options: CompressoConfig | None = None) -> None:
     """Refuse run options learned pruning cannot honour (one line naming the option)."""
     if config.ratio is None:
         raise CompressoUsageError("--method compresso learns the sizes under one parameter target: give --ratio, not --kind-ratio")
@@ -74,7 +74,6 @@ def check_config(config) -> None:
             )
     if config.calibration.source is not None:
         raise CompressoUsageError("--calibration: --method compresso trains on --data; leave --calibration out")
-    options = method_options(config) if hasattr(config, "method_options") else None
     if options is not None and "seed" in options.train.model_fields_set:
         raise CompressoUsageError("method_options.train.seed: --method compresso uses the run's --seed; leave it out")
 
@@ -120,7 +119,7 @@ def compresso(
         The sliced model, its record and plan; ``report`` holds the training history, the learned
         sizes per layer and the exact parameter count against the target.
     """
-    check_config(config)
+    check_config(config, options)
     options = options.model_copy(update={"train": options.train.model_copy(update={"seed": config.seed})})
     tr, groups = analysis if analysis is not None else analyze(model)
     chosen = select_groups(groups, config.kinds, config.layers)
@@ -146,7 +145,8 @@ def compresso(
     pruned.requires_grad_(False)
     plan = plan_of(chosen, keep)
     after = count_params(pruned)
-    report = _report(config, options, trained, chosen, keep, total, after, norms)
+    exported = validation_loss(pruned, data, options.train.batch_size, options.train.eval_batches)
+    report = _report(config, options, trained, chosen, keep, total, after, norms, exported)
     return PruneResult(pruned, record, plan, groups, total, after, report)
 
 
@@ -160,7 +160,7 @@ def _check_context(model: nn.Module, data: TrainingData) -> None:
         )
 
 
-def _report(config, options, trained, chosen, keep, total: int, after: int, norms: dict) -> dict:
+def _report(config, options, trained, chosen, keep, total: int, after: int, norms: dict, exported: float) -> dict:
     """The training and the learned sizes, for the run's report and ``config.json``."""
     target = total - round(config.ratio * total)
     last = trained.history[-1] if trained.history else {}
@@ -176,13 +176,14 @@ def _report(config, options, trained, chosen, keep, total: int, after: int, norm
         f"compresso: {trained.steps} steps in {trained.seconds:.0f} s, expected sparsity {last.get('sparsity', 0):.2%} "
         f"(target {config.ratio:.2%}), validation loss {val[0]['loss']:.3f} -> {val[-1]['loss']:.3f}"
         f"{', prompt' if options.prompt.enabled else ', no prompt'}",
-        f"exported {after:,} parameters against a target of {target:,} ({after - target:+,})",
+        f"exported {after:,} parameters against a target of {target:,} ({after - target:+,}); "
+        f"validation loss of the exported model {exported:.3f}",
     ]
     return {
         "steps": trained.steps, "seconds": round(trained.seconds, 3), "params_target": target,
         "params_after": after, "params_off_target": after - target,
         "expected_sparsity": last.get("sparsity"), "lambda1": last.get("lambda1"), "lambda2": last.get("lambda2"),
-        "validation": val, "history": trained.history, "kept_per_layer": per_layer, "prompt": options.prompt.enabled,
+        "validation": val, "validation_loss_exported": exported, "history": trained.history, "kept_per_layer": per_layer, "prompt": options.prompt.enabled,
         "norms_matched": norms, "options": options.model_dump(mode="json"), "summary": summary,
     }
 
@@ -200,8 +201,9 @@ FLAGS = (
 
 
 def _check(config) -> None:
-    check_config(config)
-    read_data(method_options(config).data)  # a bad data file: one line, before any model is loaded
+    options = method_options(config)
+    check_config(config, options)
+    read_data(options.data)  # a bad data file: one line, before any model is loaded
 
 
 def _inputs(config) -> list[str]:

@@ -112,7 +112,7 @@ def test_hard_concrete_gates_on_the_model_are_the_masked_plan_at_0_1_and_train()
     from learned.gates import HardConcreteGates
     from pruners import attach_gate_source
 
-    from zoo import logits, masked_reference
+    from zoo import fix_gates, logits, masked_reference
 
     model = ARCHS["llama_gqa"].build()
     tr, groups = analyze(model)
@@ -122,11 +122,7 @@ def test_hard_concrete_gates_on_the_model_are_the_masked_plan_at_0_1_and_train()
     source = HardConcreteGates(chosen)
     attach_gate_source(gated, chosen, source)
     assert {n for n, _ in gated.named_parameters() if "log_alpha" in n}  # the gates are the model's parameters
-    with torch.no_grad():
-        for g in chosen:
-            la = source.gates[g.id].log_alpha
-            la.fill_(-10.0)
-            la[keep[g.id]] = 10.0
+    fix_gates(source, chosen, keep)
     source.eval()
     ids = torch.randint(3, 90, (2, 9), generator=torch.Generator().manual_seed(0))
     want = logits(masked_reference(model, groups, keep), ids)

@@ -27,7 +27,7 @@ from pruners.cli import main
 from pruners.pipeline import analyze
 from recovery import IGNORE, LoraOptions, add_adapters
 
-from zoo import ARCHS, NEW_ARCHS, STORIES, TINYSTORIES_TRAIN, logits, random_plan
+from zoo import ARCHS, NEW_ARCHS, STORIES, TINYSTORIES_TRAIN, fix_gates, logits, random_plan
 
 CASES = [  # (architecture, kinds gated together)
     ("llama_gqa", ("kv_group", "mlp_channel")),
@@ -49,11 +49,7 @@ def _gated_adapted(model, chosen, keep, seed=0):
     base = peft_model.get_base_model()
     gates = HardConcreteGates(chosen)
     attach_gate_source(base, adapted_groups(base, chosen), gates)
-    with torch.no_grad():
-        for grp in chosen:
-            la = gates.gates[grp.id].log_alpha
-            la.fill_(-10.0)
-            la[keep.get(grp.id, list(range(grp.n_units)))] = 10.0
+    fix_gates(gates, chosen, keep)
     peft_model.eval()
     return peft_model, gates
 
@@ -118,11 +114,7 @@ def test_without_gating_the_adapters_a_removed_unit_would_stay_alive():
     ]
     gates = HardConcreteGates(chosen)
     attach_gate_source(base, renamed, gates)
-    with torch.no_grad():
-        for g in chosen:
-            la = gates.gates[g.id].log_alpha
-            la.fill_(-10.0)
-            la[keep[g.id]] = 10.0
+    fix_gates(gates, chosen, keep)
     peft_model.eval()
     ids = torch.randint(3, 90, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -230,6 +222,10 @@ def test_the_options_refuse_what_learned_pruning_does_not_use():
         CompressoConfig(data={"source": "a.txt"}, train={"save_every": 5})
     with pytest.raises(ValueError, match="scope"):
         CompressoConfig(data={"source": "a.txt"}, constraint={"scope": "per_head"})
+    from learned.method import check_config
+
+    with pytest.raises(ValueError, match="uses the run's --seed"):
+        check_config(PruneConfig(ratio=0.2), CompressoConfig(data={"source": "a.txt"}, train={"seed": 3}))
 
 
 # --- on the real model ------------------------------------------------------------------------------------
@@ -305,7 +301,8 @@ def test_the_same_seed_learns_the_same_model(stories):
 
 
 def _prune(tmp_path, *extra):
-    return ["prune", "--model", str(STORIES), "--ratio", "0.2", "--method", "compresso", "--out", str(tmp_path / "out"),
+    ratio = [] if "--kind-ratio" in extra else ["--ratio", "0.2"]
+    return ["prune", "--model", str(STORIES), *ratio, "--method", "compresso", "--out", str(tmp_path / "out"),
             "--quiet", *extra]
 
 
@@ -339,6 +336,8 @@ def test_depprune_prune_method_compresso_writes_a_model_that_opens_in_transforme
     (["--data", str(TINYSTORIES_TRAIN), "--importance", "l1"], "--importance: --method compresso learns its own scores"),
     (["--data", str(TINYSTORIES_TRAIN), "--rounds", "2"], "--rounds 2: --method compresso trains once"),
     (["--data", str(TINYSTORIES_TRAIN), "--kinds", "query_head"], "not query_head"),
+    (["--data", str(TINYSTORIES_TRAIN), "--kind-ratio", "mlp_channel=0.3"], "give --ratio, not --kind-ratio"),
+    (["--data", str(TINYSTORIES_TRAIN), "--strategy", "global"], "--strategy: --method compresso learns"),
 ])
 def test_compresso_refuses_bad_runs_in_one_line_before_loading(tmp_path, capsys, extra, message):
     code = main(_prune(tmp_path, *extra))

@@ -609,3 +609,14 @@ def random_plan(groups, kind: str, seed: int = 0) -> dict[str, list[int]]:
     return keep
 
 
+
+
+def fix_gates(source, groups, keep) -> None:
+    """Set the hard-concrete gates of ``source`` (learned.gates.HardConcreteGates) to the 0/1 plan ``keep``:
+    log-alpha at the clamp, +10 (gate exactly 1) for a kept unit, -10 (exactly 0) for a removed one;
+    a group ``keep`` does not name keeps every unit."""
+    with torch.no_grad():
+        for g in groups:
+            la = source.gates[g.id].log_alpha
+            la.fill_(-10.0)
+            la[list(keep.get(g.id, range(g.n_units)))] = 10.0

@@ -28,7 +28,7 @@ import json
 import time
 from pathlib import Path
 
-from recover_methods import MODELS, RESULTS, TOKENIZER, TRAIN, evaluate
+from recover_methods import MODELS, RESULTS, TOKENIZER, TRAIN, VALID, evaluate
 from runner import run_jobs
 
 BATCH, SEQ_LEN, LR = 8, 128, 5e-3  # LoRA lr 5e-3: better than recovery's 2e-3 for both methods here
@@ -95,6 +95,12 @@ def one_run(job: dict, queue) -> None:
         for gs in [[g for g in result.groups if g.kind == kind]]
     }
     out.update(evaluate(model, tok))
+    if job["stage"] == "compresso":  # and with the prompt it was trained behind, before every window
+        from learned import DEFAULT_PROMPT, prompt_ids
+        from pruners import perplexity
+
+        prefix = [tok.bos_token_id, *prompt_ids(tok, DEFAULT_PROMPT)]
+        out["ppl_tinystories_prompted"] = perplexity(model, tok, VALID, prefix=prefix, progress=False)
     queue.put(out)
 
 
@@ -128,8 +134,8 @@ LABELS = {"one-shot": "wanda-sp + LoRA recovery", "compresso": "compresso (promp
 
 
 def table(rows: list[dict]) -> list[str]:
-    lines = ["| model | removed | method | training steps | params | TinyStories PPL | WikiText-2 PPL | time (s) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | removed | method | training steps | params | TinyStories PPL | (prompt at evaluation) | "
+             "WikiText-2 PPL | time (s) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["model"], r["ratio"], r["steps"] + r["post_steps"], r["post_steps"],
                                          STAGES.index(r["stage"]) if r["stage"] in STAGES else -1)):
         if r["stage"] == "dense":
@@ -139,8 +145,9 @@ def table(rows: list[dict]) -> list[str]:
             steps = f"{r['steps'] + r['post_steps']}" if r["stage"] == "one-shot" else (
                 f"{r['steps']} + {r['post_steps']} post" if r["post_steps"] else f"{r['steps']}")
             t = f"{r['train_seconds']:.0f}"
+        prompted = f"{r['ppl_tinystories_prompted']:.3f}" if "ppl_tinystories_prompted" in r else "-"
         lines.append(f"| {r['model']} | {r['ratio']:.0%} | {label} | {steps} | {r['params']:,} | "
-                     f"{r['ppl_tinystories']:.3f} | {r['ppl_wikitext2']:.1f} | {t} |")
+                     f"{r['ppl_tinystories']:.3f} | {prompted} | {r['ppl_wikitext2']:.1f} | {t} |")
     return lines
 
 

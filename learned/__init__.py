@@ -14,7 +14,11 @@ This package sits after ``recovery`` on the data path: it imports ``pruners`` (p
 ``recovery``; neither imports it.
 """
 
-from .config import CompressoConfig, ConstraintOptions, GateOptions, PromptOptions
+from .config import DEFAULT_PROMPT, CompressoConfig, ConstraintOptions, GateOptions, PromptOptions
 from .method import compresso, training_data
+from .prompt import prompt_ids
 
-__all__ = ["CompressoConfig", "ConstraintOptions", "GateOptions", "PromptOptions", "compresso", "training_data"]
+__all__ = [
+    "DEFAULT_PROMPT", "CompressoConfig", "ConstraintOptions", "GateOptions", "PromptOptions", "compresso", "prompt_ids",
+    "training_data",
+]

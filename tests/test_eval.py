@@ -46,6 +46,25 @@ def test_perplexity_equals_direct_computation(lm, tmp_path):
     assert perplexity(model, tok, f, seq_len=8, progress=False) > direct
 
 
+def test_a_prefix_comes_before_every_window_and_is_not_scored(lm, tmp_path):
+    from pruners.errors import UsageError
+
+    model, tok = lm
+    text = "Once upon a time, there was a little dog. The dog liked to run in the park with his friend."
+    f = tmp_path / "t.txt"
+    f.write_text(text)
+    prefix = tok("Lily and Ben went to the park.", add_special_tokens=False)["input_ids"]
+    story = [tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prefix + story])
+    with torch.no_grad():
+        logits = model(ids[:, :-1]).logits[0, len(prefix) :]  # the story's predictions only
+    direct = math.exp(torch.nn.functional.cross_entropy(logits, ids[0, len(prefix) + 1 :]).item())
+    assert perplexity(model, tok, f, prefix=prefix, progress=False) == pytest.approx(direct, rel=1e-5)
+    assert perplexity(model, tok, f, prefix=(), progress=False) == perplexity(model, tok, f, progress=False) != direct
+    with pytest.raises(UsageError, match="leaves no room in the model's context of 512"):
+        perplexity(model, tok, f, prefix=[5] * 511, progress=False)
+
+
 def test_zero_shot_picks_the_most_likely_continuation(lm):
     model, tok = lm
     items = read_piqa(DATA / "piqa" / "dev.jsonl")[:12]

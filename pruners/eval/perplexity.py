@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -55,8 +56,12 @@ def perplexity(
     max_tokens: int | None = None,
     progress: bool = True,
     batch_size: int = 16,
+    prefix: Sequence[int] = (),
 ) -> float:
     """Token-level perplexity: each document gets a BOS and is scored in windows of ``seq_len``.
+
+    ``prefix`` (token ids, e.g. a prompt the model was trained behind) is put before every
+    window and not scored: the windows shrink so that prefix and window fit the context.
 
     A file without ``<|endoftext|>`` markers is one document (WikiText-2, PTB: the usual
     stream evaluation in non-overlapping windows).  Full windows are batched.  The model runs
@@ -66,7 +71,10 @@ def perplexity(
     check_numbers(seq_len, max_tokens)
     docs = documents(path)
     ctx = getattr(model.config, "max_position_embeddings", 2048)
-    seq_len = min(seq_len or ctx, ctx)
+    prefix = list(prefix)
+    if len(prefix) >= ctx - 1:
+        raise UsageError(f"a prefix of {len(prefix)} tokens leaves no room in the model's context of {ctx}")
+    seq_len = min(seq_len or ctx, ctx - len(prefix))
     bos = tokenizer.bos_token_id
     windows: list[list[int]] = []
     count = 0
@@ -88,9 +96,10 @@ def perplexity(
     model.eval()
     with torch.no_grad():
         for batch in tqdm(batches, desc="perplexity", disable=not progress, leave=False):
-            ids = torch.tensor(batch, device=device)  # (B, T + 1)
-            logits = model(ids[:, :-1]).logits.float()  # (B, T, vocab)
-            nll += nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum").item()
-            count += ids[:, 1:].numel()
+            ids = torch.tensor([prefix + w for w in batch], device=device)  # (B, P + T + 1)
+            logits = model(ids[:, :-1]).logits.float()[:, len(prefix) :]  # (B, T, vocab): the window's predictions
+            target = ids[:, len(prefix) + 1 :]  # (B, T)
+            nll += nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum").item()
+            count += target.numel()
     mean = nll / count
     return math.inf if mean >= 709.0 else math.exp(mean)  # beyond float range: inf, not an OverflowError (NaN stays NaN)

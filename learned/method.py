@@ -133,8 +133,8 @@ def compresso(
         least = float(sparsity.parts[0]({g.id: torch.zeros(g.n_units) for g in chosen}))  # every gate closed
         if 1 - least / total < config.ratio:
             raise CompressoUsageError(
-                f"ratio {config.ratio}: kinds {config.kinds} hold only {1 - least / total:.1%} of the parameters; "
-                "lower --ratio or add --kinds"
+                f"ratio {config.ratio}: kinds {config.kinds} can remove at most {1 - least / total:.1%} of the "
+                "parameters (every unit gated off); lower --ratio or add --kinds"
             )
     data = data if data is not None else training_data(options, tokenizer)
     _check_context(model, data)

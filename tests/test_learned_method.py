@@ -352,3 +352,12 @@ def test_a_method_flag_is_refused_with_another_method(tmp_path, capsys):
                  "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "--data is an option of --method compresso, not of 'one-shot'" in err, err
+
+
+@pytest.mark.shared
+def test_a_target_the_kinds_cannot_reach_is_refused_before_training(stories):
+    from learned.method import CompressoUsageError
+
+    model, tok = stories
+    with pytest.raises(CompressoUsageError, match=r"kinds \['mlp_channel'\] can remove at most 63.5% of the parameters"):
+        compresso(model, PruneConfig(ratio=0.9, kinds=["mlp_channel"]), CompressoConfig(**FAST), tok, progress=False)

@@ -79,6 +79,7 @@ _EXPORTS = {
     "read_piqa": "eval.multiple_choice",
     "read_openbookqa": "eval.multiple_choice",
     "generation_speed": "eval.speed",
+    "speed_in_own_process": "eval.speed",
     # plugins
     "register_estimator": "importance.registry",
     "register_aggregation": "importance.registry",

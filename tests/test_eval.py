@@ -113,3 +113,22 @@ def test_generation_speed_reports_rate_and_memory(lm):
     r = generation_speed(model, prompt_len=4, gen_len=6, repeats=1)
     assert r["tokens_per_s"] > 0 and r["gen_len"] == 6
     assert r["param_bytes"] == 4 * 260032 and r["peak_bytes"] >= r["param_bytes"]
+
+
+def test_eval_speed_reports_each_models_own_peak_memory(tmp_path, capsys):
+    """``depprune eval --speed BIG SMALL``: the small model's peak is its own, not the process's high-water mark."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    dirs = []
+    for name, hidden, vocab in (("big", 512, 32000), ("small", 32, 97)):  # ~46M parameters (185 MB) / ~10K
+        torch.manual_seed(0)
+        config = LlamaConfig(hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=4, num_attention_heads=4,
+                             num_key_value_heads=4, vocab_size=vocab, max_position_embeddings=64)
+        LlamaForCausalLM(config).save_pretrained(tmp_path / name)
+        dirs.append(str(tmp_path / name))
+    assert main(["eval", "--model", *dirs, "--speed", "--json", "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out)["models"]
+    big, small = (report[d] for d in dirs)
+    assert big["param_bytes"] > 180e6 > 1e6 > small["param_bytes"]
+    # measured in one process, the small model's peak would include the big one's weights
+    assert small["peak_bytes"] < big["peak_bytes"] - big["param_bytes"] / 2

@@ -37,9 +37,8 @@ def add_arguments(ev: argparse.ArgumentParser) -> None:
 
 def run(args) -> dict:
     """Every file and number checked first, then each model loaded and evaluated in turn."""
-    from ..eval import check_limit, check_text_file, generation_speed, perplexity, read_openbookqa, read_piqa, zero_shot
-    from ..io.checkpoint import check_model_dir, check_weights, load_model, load_tokenizer
-    from ..pipeline import count_params
+    from ..eval import check_limit, check_text_file, read_openbookqa, read_piqa, speed_in_own_process
+    from ..io.checkpoint import check_model_dir, check_weights
 
     if not (args.ppl or args.piqa or args.openbookqa or args.speed or args.lm_eval_tasks):
         raise UsageError("nothing to evaluate; pass --ppl, --piqa, --openbookqa, --speed or --lm-eval-tasks")
@@ -64,32 +63,47 @@ def run(args) -> dict:
         if not check_weights(check_model_dir(path)):
             raise UsageError(f"{path!r} has a config but no weights to evaluate")
     trust = args.trust_remote_code
+    scored = bool(args.ppl or tasks or lm_eval_tasks)  # what needs the model here, and its tokenizer
     results = {}
     for path in args.model:
-        model = load_model(path, device, dtype=args.dtype, trust_remote_code=trust, allow_nonfinite=bool(args.allow_nonfinite))
-        tok = load_tokenizer(args.tokenizer or path, trust_remote_code=trust,
-                             vocab_size=model.get_input_embeddings().num_embeddings)
-        r: dict = {"params": count_params(model)}
-        for f in args.ppl:
-            key = f"ppl:{Path(f).name}@{args.seq_len}"
-            r[key] = perplexity(model, tok, f, seq_len=args.seq_len, max_tokens=args.max_tokens, progress=not args.quiet)
-            check_finite_metrics(r, [key], bool(args.allow_nonfinite), model=path)
-        for name, items in tasks.items():
-            scores = zero_shot(model, tok, items, limit=args.limit, progress=not args.quiet)
-            r[f"{name}:acc"], r[f"{name}:acc_norm"] = scores["acc"], scores["acc_norm"]
-        if args.speed:
-            sp = generation_speed(model)
+        r: dict = {}
+        if scored:
+            r.update(score_model(args, path, device, tasks, lm_eval_tasks))
+        if args.speed:  # in a process of its own: its peak memory is this model's, not every model's so far
+            sp = speed_in_own_process(path, device, args.dtype, trust_remote_code=trust,
+                                      allow_nonfinite=bool(args.allow_nonfinite))
+            r.setdefault("params", sp["params"])
             r["tokens_per_s"], r["param_bytes"], r["peak_bytes"] = sp["tokens_per_s"], sp["param_bytes"], sp["peak_bytes"]
-        if lm_eval_tasks:
-            from ..eval.lm_eval_adapter import run_lm_eval
-
-            try:
-                for task, metrics in run_lm_eval(model, tok, lm_eval_tasks, args.limit).items():
-                    r.update({f"{task}:{k}": v for k, v in metrics.items()})
-            except ImportError as e:
-                raise UsageError(str(e)) from e
         results[path] = r
     return {"models": results}
+
+
+def score_model(args, path: str, device, tasks: dict, lm_eval_tasks: list[str]) -> dict:
+    """Perplexity and zero-shot scores of the model at ``path`` (loaded here, freed on return)."""
+    from ..eval import perplexity, zero_shot
+    from ..io.checkpoint import load_model, load_tokenizer
+    from ..pipeline import count_params
+
+    trust = args.trust_remote_code
+    model = load_model(path, device, dtype=args.dtype, trust_remote_code=trust, allow_nonfinite=bool(args.allow_nonfinite))
+    tok = load_tokenizer(args.tokenizer or path, trust_remote_code=trust, vocab_size=model.get_input_embeddings().num_embeddings)
+    r: dict = {"params": count_params(model)}
+    for f in args.ppl:
+        key = f"ppl:{Path(f).name}@{args.seq_len}"
+        r[key] = perplexity(model, tok, f, seq_len=args.seq_len, max_tokens=args.max_tokens, progress=not args.quiet)
+        check_finite_metrics(r, [key], bool(args.allow_nonfinite), model=path)
+    for name, items in tasks.items():
+        scores = zero_shot(model, tok, items, limit=args.limit, progress=not args.quiet)
+        r[f"{name}:acc"], r[f"{name}:acc_norm"] = scores["acc"], scores["acc_norm"]
+    if lm_eval_tasks:
+        from ..eval.lm_eval_adapter import run_lm_eval
+
+        try:
+            for task, metrics in run_lm_eval(model, tok, lm_eval_tasks, args.limit).items():
+                r.update({f"{task}:{k}": v for k, v in metrics.items()})
+        except ImportError as e:
+            raise UsageError(str(e)) from e
+    return r
 
 
 def show(report: dict) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import resource
+import sys
 import time
 
 import torch
@@ -44,7 +46,7 @@ def generation_speed(model: nn.Module, prompt_len: int = 64, gen_len: int = 64, 
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = peak_rss_bytes()
     return {
         "tokens_per_s": gen_len / times[len(times) // 2],
         "latency_ms_per_token": 1000 * times[len(times) // 2] / gen_len,
@@ -53,3 +55,43 @@ def generation_speed(model: nn.Module, prompt_len: int = 64, gen_len: int = 64, 
         "prompt_len": prompt_len,
         "gen_len": gen_len,
     }
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory: ``VmHWM`` where Linux has it, else ``ru_maxrss``.
+
+    ``ru_maxrss`` survives ``exec``: a process started from a large parent (fork, then exec) reports
+    at least the parent's size at the fork.  ``VmHWM`` belongs to the process's own memory map.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
+
+
+def speed_in_own_process(path, device=None, dtype=None, *, trust_remote_code: bool = False,
+                         allow_nonfinite: bool = False) -> dict[str, float]:
+    """:func:`generation_speed` of the model saved at ``path``, loaded and measured in a fresh process of its own.
+
+    A process's peak RSS covers every model it has held, so measuring several models in one
+    process credits each with the largest before it; here ``peak_bytes`` is this model's alone
+    (plus the imported libraries).  Also returns ``params``.  ``device`` and ``dtype`` are as for
+    :func:`pruners.load_model`; errors (a model that does not load) are raised here.
+    """
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing inherited from this one
+    with ctx.Pool(1) as pool:
+        return pool.apply(_measure, (str(path), None if device is None else str(device), dtype, trust_remote_code,
+                                     allow_nonfinite))
+
+
+def _measure(path: str, device: str | None, dtype, trust_remote_code: bool, allow_nonfinite: bool) -> dict[str, float]:
+    from ..io.checkpoint import load_model
+    from ..pipeline import count_params
+
+    model = load_model(path, device, dtype=dtype, trust_remote_code=trust_remote_code, allow_nonfinite=allow_nonfinite)
+    return {"params": count_params(model), **generation_speed(model)}

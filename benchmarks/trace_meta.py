@@ -69,18 +69,27 @@ SHAPES: dict[str, dict] = {
     ),
 }
 
+# growth: llama-2-7b's width at 4, 8, 16 and 32 layers (is trace + groups linear in the layers?)
+GROWTH = {f"7b-width-{n}-layers": dict(SHAPES["llama-2-7b"], num_hidden_layers=n) for n in (4, 8, 16, 32)}
+ALL_SHAPES = {**SHAPES, **GROWTH}
+
 # (model, metric, limit, human-readable description)
 TARGETS = [
     ("llama-2-7b", "total_s", 20.0, "total wall time <= 20 s"),
     ("llama-2-7b", "peak_rss_gb", 1.5, "peak RSS <= 1.5 GB"),
     ("llama-2-70b", "total_s", 60.0, "total wall time <= 60 s"),
+    ("llama-2-70b", "total_s", 5.0, "total wall time <= 5 s (issue 12: trace each distinct layer once)"),
+    ("llama-2-7b", "export_ratio", 1.0, "trace + groups <= 1 x torch.export alone"),
 ]
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
 def peak_rss_kib() -> int:
-    """Peak resident set size of this process (``ru_maxrss`` is in KiB on Linux)."""
+    """Peak resident set size of this process: ``VmHWM`` (``ru_maxrss`` survives exec and counts the parent's size)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
@@ -95,6 +104,21 @@ def run_baseline() -> dict:
 
     transformers.LlamaForCausalLM  # noqa: B018  (trigger the lazy import of modeling_llama)
     return {"import_s": time.perf_counter() - t0, "peak_rss_kib": peak_rss_kib()}
+
+
+def run_export(name: str) -> dict:
+    """Child mode: build one model shape on the meta device and ``torch.export`` it, nothing else."""
+    import torch
+    import transformers
+
+    from depgraph.tracer import export
+
+    LlamaConfig, LlamaForCausalLM = transformers.LlamaConfig, transformers.LlamaForCausalLM
+    with torch.device("meta"):
+        model = LlamaForCausalLM(LlamaConfig(**ALL_SHAPES[name]))
+    t0 = time.perf_counter()
+    ep = export(model)
+    return {"export_s": time.perf_counter() - t0, "peak_rss_kib": peak_rss_kib(), "num_fx_nodes": len(ep.graph.nodes)}
 
 
 def run_one(name: str) -> dict:
@@ -113,7 +137,7 @@ def run_one(name: str) -> dict:
     rss_after_import = peak_rss_kib()
 
     c0, t0 = time.process_time(), time.perf_counter()
-    config = LlamaConfig(**SHAPES[name])
+    config = LlamaConfig(**ALL_SHAPES[name])
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     t1 = time.perf_counter()
@@ -160,7 +184,7 @@ def summarize(runs: list[dict]) -> dict:
         return {"error": runs[0]["error"], "stderr": runs[0].get("stderr", ""), "runs": runs}
     out = dict(ok[0])
     for key in ("import_s", "build_s", "trace_s", "groups_s", "total_s", "total_cpu_s", "peak_rss_kib",
-                "peak_rss_after_import_kib", "process_wall_s", "loadavg_1min_before"):
+                "peak_rss_after_import_kib", "process_wall_s", "loadavg_1min_before", "export_s", "export_rss_kib"):
         if key in ok[0]:
             out[key] = statistics.median(r[key] for r in ok)
     if "total_s" in ok[0]:
@@ -202,11 +226,19 @@ def evaluate(models: dict[str, dict]) -> list[dict]:
             out.append({"model": model, "target": desc, "measured": None,
                         "status": f"FAIL (crashed in {r['n_failed']} of {r['n_failed'] + r['n_runs']} runs)"})
             continue
-        value = r["total_s"] if metric == "total_s" else r["peak_rss_kib"] * 1024 / 1e9
+        value = {"total_s": r["total_s"], "peak_rss_gb": r["peak_rss_kib"] * 1024 / 1e9,
+                 "export_ratio": r["total_s"] / r["export_s"] if r.get("export_s") else float("nan")}[metric]
         out.append(
             {"model": model, "target": desc, "measured": round(value, 2), "status": "PASS" if value <= limit else "FAIL"}
         )
     return out
+
+
+def export_cells(r: dict) -> str:
+    if not r.get("export_s"):
+        return "- | -"
+    return (f"{r['export_s']:.2f} | {r['total_s'] / r['export_s']:.2f} / "
+            f"{r['peak_rss_kib'] / r['export_rss_kib']:.2f}")
 
 
 def gb(kib: int) -> str:
@@ -222,33 +254,48 @@ def markdown(results: dict) -> str:
         f"Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}; "
         f"1-min load average at start {m['loadavg_at_start'][0]:.2f}.",
         f"Each run is a fresh process; numbers are the median of {results['repeat']} runs per model "
-        "(all runs are in trace_meta.json). Peak RSS is the process's `ru_maxrss` (GB = 10^9 bytes), "
+        "(all runs are in trace_meta.json). Peak RSS is the process's `VmHWM` (GB = 10^9 bytes), "
         "so it includes the imports (see the baseline row). "
         "Total = build + trace + find_groups wall time; the import of torch/transformers/depgraph "
         "(including transformers' lazy import of `modeling_llama`) is shown separately and not counted. "
         "CPU s is process CPU time over the same span; a total much larger than CPU s means the "
         "machine was busy with other work.",
         "",
+        "torch.export alone: the same shape built and exported in a process of its own, nothing else "
+        "(depgraph.tracer.export); x export = total / export s, and peak RSS / that process's peak RSS.",
+        "",
         "| model | params | fx nodes | import s | build s | trace s | find_groups s | total s (min–max) "
-        "| CPU s | peak RSS GB | groups |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| CPU s | peak RSS GB | torch.export alone s | x export (time / RSS) | groups |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     base = results["baseline"]
     if "error" in base:
-        lines.append("| *baseline (imports only)* | | | | | | | | | crashed | |")
+        lines.append("| *baseline (imports only)* | | | | | | | | | crashed | | | |")
     else:
         lines.append(f"| *baseline (imports only)* | | | {base['import_s']:.2f} | | | | | "
-                     f"| {gb(base['peak_rss_kib'])} | |")
+                     f"| {gb(base['peak_rss_kib'])} | | | |")
     for name, r in results["models"].items():
         if "error" in r:
-            lines.append(f"| {name} | | | | | | | | | | crashed: {r['error']} |")
+            lines.append(f"| {name} | | | | | | | | | | | | crashed: {r['error']} |")
             continue
         kinds = ", ".join(f"{k} {v}" for k, v in r["groups_by_kind"].items())
         lines.append(
             f"| {name} | {r['num_params'] / 1e9:.2f} B | {r['num_nodes']} | {r['import_s']:.2f} | {r['build_s']:.2f} "
             f"| {r['trace_s']:.2f} | {r['groups_s']:.2f} | {r['total_s']:.2f} ({r['total_s_min']:.1f}–{r['total_s_max']:.1f}) "
-            f"| {r['total_cpu_s']:.2f} | {gb(r['peak_rss_kib'])} | {r['num_groups']}: {kinds} |"
+            f"| {r['total_cpu_s']:.2f} | {gb(r['peak_rss_kib'])} | {export_cells(r)} | {r['num_groups']}: {kinds} |"
         )
+    growth = {n: r for n, r in results["models"].items() if n in GROWTH and "error" not in r}
+    if len(growth) > 1:
+        layers = {n: GROWTH[n]["num_hidden_layers"] for n in growth}
+        lines += ["", "## Growth with the number of layers (llama-2-7b width)", "",
+                  "Per layer: (total s) / layers, which stays flat when the cost is linear in the layers.", "",
+                  "| layers | fx nodes | trace + groups s | per layer s | torch.export alone s | x export |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        for n in sorted(growth, key=layers.get):
+            r = growth[n]
+            ratio = f"{r['total_s'] / r['export_s']:.2f}" if r.get("export_s") else "-"
+            lines.append(f"| {layers[n]} | {r['num_nodes']} | {r['total_s']:.2f} | {r['total_s'] / layers[n]:.3f} | "
+                         f"{r.get('export_s', float('nan')):.2f} | {ratio} |")
     lines += ["", "## Targets (judged on the median)", "", "| model | target | measured | result |",
               "|---|---|---:|---|"]
     for t in results["targets"]:
@@ -259,16 +306,18 @@ def markdown(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES), metavar="NAME",
-                        help=f"model shapes to run (default: all of {', '.join(SHAPES)})")
+    parser.add_argument("--models", nargs="+", default=list(ALL_SHAPES), choices=list(ALL_SHAPES), metavar="NAME",
+                        help=f"model shapes to run (default: all of {', '.join(ALL_SHAPES)})")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default: {DEFAULT_OUT})")
     parser.add_argument("--repeat", type=int, default=3, help="fresh-process runs per model; the median is reported")
-    parser.add_argument("--one", choices=list(SHAPES), help=argparse.SUPPRESS)  # child mode
+    parser.add_argument("--one", choices=list(ALL_SHAPES), help=argparse.SUPPRESS)  # child mode
+    parser.add_argument("--export-only", choices=list(ALL_SHAPES), help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args(argv)
 
-    if args.one or args.baseline:
-        print(json.dumps(run_one(args.one) if args.one else run_baseline()))
+    if args.one or args.baseline or args.export_only:
+        result = run_one(args.one) if args.one else run_export(args.export_only) if args.export_only else run_baseline()
+        print(json.dumps(result))
         return 0
 
     print("baseline (imports only) ...", flush=True)
@@ -279,12 +328,16 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.repeat):
             print(f"{name} run {i + 1}/{args.repeat} ...", flush=True)
             r = child(["--one", name])
+            e = child(["--export-only", name])  # the same shape, torch.export alone, in its own process
+            if "error" not in r and "error" not in e:
+                r.update(export_s=e["export_s"], export_rss_kib=e["peak_rss_kib"])
             runs.append(r)
             if "error" in r:
                 print(f"  crashed ({r['error']}):\n{r['stderr']}", flush=True)
             else:
                 print(f"  trace {r['trace_s']:.2f} s, find_groups {r['groups_s']:.2f} s, total {r['total_s']:.2f} s "
-                      f"(CPU {r['total_cpu_s']:.2f} s), peak RSS {gb(r['peak_rss_kib'])} GB", flush=True)
+                      f"(CPU {r['total_cpu_s']:.2f} s), peak RSS {gb(r['peak_rss_kib'])} GB; "
+                      f"torch.export alone {r.get('export_s', float('nan')):.2f} s", flush=True)
         results["models"][name] = summarize(runs)
     results["targets"] = evaluate(results["models"])
 

@@ -74,7 +74,8 @@ EXTRA_TP = {
     "tp-l2-heads": ("Torch-Pruning", "magnitude L2, heads+hidden+MLP", {"importance": "l2", "units": "heads_hidden_mlp"}),
 }
 # tiny random models: "does it run at all" (35% of parameters, L2, hidden + MLP channels)
-_TINY = {"vocab_size": 97, "num_hidden_layers": 2, "max_position_embeddings": 64, "bos_token_id": 1, "eos_token_id": 2}
+_TINY = {"vocab_size": 97, "num_hidden_layers": 2, "max_position_embeddings": 64, "bos_token_id": 1, "eos_token_id": 2,
+         "pad_token_id": 0}
 _LLAMA_LIKE = {**_TINY, "hidden_size": 48, "intermediate_size": 80, "num_attention_heads": 6}
 ZOO = {
     "llama": {"model_type": "llama", **_LLAMA_LIKE, "num_key_value_heads": 3, "head_dim": 8},
@@ -362,6 +363,7 @@ def write_plot(rows: list[dict], path: Path, model: str = "stories260K") -> None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     styles = {"tp-l2": ("tab:red", "s", "--"), "tp-taylor": ("tab:red", "o", "-"), "dp-l2": ("tab:blue", "s", "--"),
@@ -377,6 +379,9 @@ def write_plot(rows: list[dict], path: Path, model: str = "stories260K") -> None
         dense = next(r for r in rows if r["model"] == model and r["config"] == "dense")
         ax.axhline(dense["ppl_tinystories"], color="gray", linewidth=0.8, label="dense")
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_xlabel("parameters")
         ax.set_ylabel("TinyStories-valid perplexity")
         steps = next((r["recovered"]["steps"] for r in rows if r.get("recovered")), 0)

@@ -305,6 +305,24 @@ def test_aligned_mode_keeps_only_head_counts_the_config_accepts(ratio, heads):
     assert abs(result.plan.params_removed / result.params_before - ratio) < 0.05
 
 
+def test_computed_buffers_are_compared_for_a_model_of_any_size():
+    """A 500M-parameter Llama (parameters on meta, buffers real): its rotary tables are rebuilt from
+    its config, and not from one with another head size -- decided without building the weights
+    (which once made every model over 300M parameters need remote code under --align)."""
+    from accelerate import init_empty_weights
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pruners.slicing.hf_config import buffers_match, with_changes
+
+    config = LlamaConfig(hidden_size=8192, intermediate_size=8192, num_hidden_layers=1, num_attention_heads=64,
+                         num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False)
+    with init_empty_weights(include_buffers=False):
+        model = LlamaForCausalLM(config)
+    assert sum(p.numel() for p in model.parameters()) > 500e6
+    assert buffers_match(model, config)
+    assert not buffers_match(model, with_changes(config, {"head_dim": 64}))
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"strategy": "global"}, "align keeps every layer alike, which needs strategy 'uniform', not 'global'"),
     ({"round_to": 4}, "align rounds the channels to multiples of 8 itself; leave round_to at 1"),

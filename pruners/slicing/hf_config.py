@@ -104,14 +104,15 @@ def layers_alike(tr: Trace, target: Mapping[str, tuple[int, ...]]) -> bool:
     return all(len(s) == 1 for s in shapes.values())
 
 
-def buffers_match(pruned: nn.Module, config, max_params: int = 300_000_000) -> bool:
+def buffers_match(pruned: nn.Module, config) -> bool:
     """Would ``config`` rebuild the pruned model's non-persistent buffers (computed, not saved) exactly?
 
     Gemma's ``embed_scale = sqrt(hidden_size)`` is one: pruning hidden channels must not change
     it, so a config with the new ``hidden_size`` does not describe the pruned model.  Checking
-    means building the candidate for real (without weight init); above ``max_params`` that is
-    not attempted and the answer is no.
+    means building the candidate's buffers for real; its parameters stay on the meta device, so
+    a model of any size costs only its buffers.
     """
+    from accelerate import init_empty_weights  # a dependency of peft
     from transformers.initialization import no_init_weights
 
     state = set(pruned.state_dict())
@@ -120,9 +121,7 @@ def buffers_match(pruned: nn.Module, config, max_params: int = 300_000_000) -> b
         return True
     if any(b.device.type == "meta" for b in computed.values()):
         return False
-    if sum(p.numel() for p in pruned.parameters()) > max_params:
-        return False
-    with no_init_weights():
+    with no_init_weights(), init_empty_weights(include_buffers=False):
         rebuilt = dict(type(pruned)(config).named_buffers())
     return all(
         n in rebuilt and rebuilt[n].shape == b.shape and torch.equal(rebuilt[n].to(b.device), b)

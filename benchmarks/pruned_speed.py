@@ -2,8 +2,7 @@
 
 A Llama of TinyLlama-1.1B's shape (22 layers, hidden 2048, MLP 5632, 32 heads / 4 KV heads,
 vocabulary 32,000) with random weights (seed 0) is pruned by 20% and 50% of its parameters
-(L2 magnitude, MLP channels only: with 4 KV groups of 8 heads, the head counts the config
-accepts are 8, 16 and 32 -- 1, 2 or 4 KV groups -- so aligned mode refuses attention at 20%) in two ways:
+(L2 magnitude, KV groups + MLP channels) in two ways:
 
 - **per-layer**: ``strategy="global"``, every layer its own sizes (written with generated
   modeling code, opened with ``trust_remote_code``);
@@ -38,9 +37,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SHAPE = {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
          "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 64, "vocab_size": 32000,
          "max_position_embeddings": 2048, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2}
-VARIANTS = {  # name -> PruneConfig fields besides the ratio: MLP channels only, so that only the widths differ
-    "per-layer": {"importance": "l2", "kinds": ["mlp_channel"], "strategy": "global"},
-    "aligned": {"importance": "l2", "kinds": ["mlp_channel"], "align": 64},
+VARIANTS = {  # name -> PruneConfig fields besides the ratio (KV groups and MLP channels, the default kinds)
+    "per-layer": {"importance": "l2", "strategy": "global"},
+    "aligned": {"importance": "l2", "align": 64},
 }
 PREFILL, PROMPT, DECODE, BATCHES = 512, 16, 128, (1, 8)
 
@@ -73,9 +72,10 @@ def prune_all(dense: Path, work: Path, ratios: list[float]) -> dict[str, dict]:
             out = work / name.replace("%", "").replace(" ", "-")
             save_pruned(result.model, out, result.record, source=dense)
             mlp = sorted({m.out_features for n, m in result.model.named_modules() if n.endswith("gate_proj")})
+            kv = sorted({m.out_features // SHAPE["head_dim"] for n, m in result.model.named_modules() if n.endswith("k_proj")})
             made[name] = {"dir": str(out), "ratio": ratio, "variant": variant, "params": count_params(result.model),
                           "prune_seconds": time.perf_counter() - start,
-                          "mlp_widths": [mlp[0], mlp[-1]]}
+                          "mlp_widths": [mlp[0], mlp[-1]], "kv_heads": [kv[0], kv[-1]]}
             del result
     return made
 
@@ -160,8 +160,9 @@ def run(args) -> None:
 def report(data: dict) -> None:
     lines = ["# The pruned model's speed", "",
              "From `python benchmarks/pruned_speed.py` (every row in [pruned_speed.json](pruned_speed.json)). "
-             "A Llama of TinyLlama-1.1B's shape with random weights, pruned with L2 magnitude (MLP channels only); "
-             "per-layer: `strategy=global`, aligned: `align=64`. Each model measured in its own process. "
+             "A Llama of TinyLlama-1.1B's shape with random weights, pruned with L2 magnitude (KV groups + MLP "
+             "channels); per-layer: `strategy=global`, aligned: `align=64` (KV groups: 1, 2 or 4 of 4, the head "
+             "counts the config accepts). Each model measured in its own process. "
              f"Prefill: one {PREFILL}-token prompt (median after a warm-up); decode: {DECODE} new tokens after a "
              f"{PROMPT}-token prompt, greedy, KV cache; tokens/s counts all sequences of the batch. Peak: the process's "
              "VmHWM (imports included) on CPU, CUDA's peak allocated memory on a GPU. Speed-up: against the dense "
@@ -169,12 +170,13 @@ def report(data: dict) -> None:
     for (device, dtype), rows in group_by(data["rows"], ("device", "dtype")).items():
         dense = next(r for r in rows if r["variant"] == "dense")
         lines += [f"### {device}, {dtype} ({data['runs'].get(f'{device} {dtype}', '')})", "",
-                  "| model | params | MLP widths | prefill ms (speed-up) | decode tok/s, batch 1 (speed-up) | "
-                  "decode tok/s, batch 8 (speed-up) | peak GB |", "|---|---|---|---|---|---|---|"]
+                  "| model | params | KV heads | MLP widths | prefill ms (speed-up) | decode tok/s, batch 1 (speed-up) | "
+                  "decode tok/s, batch 8 (speed-up) | peak GB |", "|---|---|---|---|---|---|---|---|"]
         for r in rows:
             widths = "-" if "mlp_widths" not in r else "-".join(map(str, dict.fromkeys(r["mlp_widths"])))
+            kv = "-" if "kv_heads" not in r else "-".join(map(str, dict.fromkeys(r["kv_heads"])))
             lines.append(
-                f"| {r['model']} | {r['params'] / 1e9:.3f} B | {widths} | "
+                f"| {r['model']} | {r['params'] / 1e9:.3f} B | {kv} | {widths} | "
                 f"{r['prefill_ms']:.0f} ({dense['prefill_ms'] / r['prefill_ms']:.2f}x) | "
                 f"{r['decode_tok_s_b1']:.2f} ({r['decode_tok_s_b1'] / dense['decode_tok_s_b1']:.2f}x) | "
                 f"{r['decode_tok_s_b8']:.2f} ({r['decode_tok_s_b8'] / dense['decode_tok_s_b8']:.2f}x) | {r['peak_gb']:.2f} |")

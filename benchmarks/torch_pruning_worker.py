@@ -155,6 +155,9 @@ def run(job: dict) -> dict:
         ratio, planned = search_ratio(job, example)
     model = load(job)
     head_dim = getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
+    with torch.no_grad():  # read every weight once: from_pretrained maps the file, so untouched weights are not resident yet
+        for p in model.parameters():
+            p.sum()
     reset_peak()
     rss_before = peak_rss()
     start = time.perf_counter()

@@ -1,0 +1,163 @@
+"""What a prune costs at ~1B parameters: depprune against Torch-Pruning, each run in its own process.
+
+A Llama of TinyLlama-1.1B's shape with random weights (``pruned_speed.SHAPE``, seed 0, fp32) is
+pruned by both tools on the same units -- hidden and MLP channels, the units Torch-Pruning can
+prune here -- to the same size: Torch-Pruning's ``pruning_ratio=0.2`` (its LLM example settings,
+``round_to=32`` so that the hidden size stays a multiple of the 32 heads), and depprune at the
+parameter count that gives.  Importances: L2 magnitude and first-order Taylor for both, plus
+depprune's ``wanda-sp`` (activations, no gradients); the calibration estimators read the same
+random samples (``--samples`` x 128 tokens), one sample per backward pass for both tools.
+
+Each run records the wall time of the pruning call alone (the model loaded before it), the
+process's RSS before it and its peak during it (VmHWM, reset before the call), the peak minus
+the RSS before as a multiple of the weight bytes, scoring time per calibration token, and, for
+depprune, how many times the model was exported (``torch.export``) during the call.
+
+    python benchmarks/prune_cost.py              # about 10 minutes on 2 cores, 20 GB of RAM
+    python benchmarks/prune_cost.py --report
+
+Results: ``benchmarks/results/prune_cost.json`` and ``prune_cost.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from compare_torch_pruning import peer_python, peer_versions, run_peer
+from pruned_speed import SHAPE, build
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TP_RATIO, SEQ_LEN = 0.2, 128
+RUNS = [("Torch-Pruning", "l2"), ("Torch-Pruning", "taylor"), ("depprune", "l2"), ("depprune", "taylor-element"),
+        ("depprune", "wanda-sp")]
+SAME = {"l2": "l2", "taylor-element": "taylor"}  # depprune's estimator -> Torch-Pruning's counterpart
+
+
+def status_gb(field: str) -> float:
+    line = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith(field + ":"))
+    return int(line.split()[1]) * 1024 / 1e9
+
+
+def one_depprune(directory: str, importance: str, ratio: float, calibration: str) -> dict:
+    """Run in a fresh process: load, then time one ``pruners.prune`` call and count its exports."""
+    import torch
+
+    import depgraph.tracer
+    from pruners import PruneConfig, count_params, load_model, prune
+
+    exports = []
+    export = depgraph.tracer.export
+
+    def counted(*args, **kwargs):  # an instrument of this benchmark: how often a prune exports the model
+        exports.append(1)
+        return export(*args, **kwargs)
+
+    depgraph.tracer.export = counted
+    model = load_model(directory)
+    samples = list(torch.load(calibration).split(1))  # N x (1, T)
+    config = PruneConfig(ratio=ratio, importance=importance, kinds=["hidden_channel", "mlp_channel"])
+    Path("/proc/self/clear_refs").write_text("5")
+    before = status_gb("VmRSS")
+    start = time.perf_counter()
+    result = prune(model, config, samples=samples if importance != "l2" else None, progress=False)
+    seconds = time.perf_counter() - start
+    return {"params": count_params(result.model), "prune_seconds": seconds, "rss_before_gb": before,
+            "peak_rss_gb": status_gb("VmHWM"), "exports": len(exports)}
+
+
+def run(args) -> None:
+    import torch
+
+    python = peer_python()
+    threads = torch.get_num_threads()
+    rows = []
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        work = Path(tmp)
+        print("building the dense model", flush=True)
+        weights = build(work / "dense")  # parameters, fp32
+        gen = torch.Generator().manual_seed(0)
+        torch.save(torch.randint(3, SHAPE["vocab_size"], (args.samples, SEQ_LEN), generator=gen), work / "calibration.pt")
+        target = None
+        for tool, importance in RUNS:
+            print(f"{tool}: {importance}", flush=True)
+            if tool == "Torch-Pruning":
+                job = {"key": importance, "model": str(work / "dense"), "out": None, "importance": importance,
+                       "units": "hidden_mlp", "pruning_ratio": TP_RATIO, "batch": 1, "target_params": 0,
+                       "calibration": str(work / "calibration.pt"), "seed": 0}
+                row = run_peer(python, [job], None, threads)[importance]
+                if row.get("ok") and target is None:
+                    target = row["params"]
+            else:
+                cmd = [sys.executable, __file__, "--one", str(work / "dense"), importance,
+                       str(1 - (target or round((1 - TP_RATIO) * weights)) / weights), str(work / "calibration.pt")]
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                row = ({"ok": True, **json.loads(done.stdout.splitlines()[-1])} if done.returncode == 0 else
+                       {"ok": False, "error": done.stderr.strip().splitlines()[-1][:300]})
+            rows.append({"tool": tool, "importance": importance, "dense_params": weights, "weight_gb": 4 * weights / 1e9,
+                         "samples": args.samples if importance != "l2" else 0, "seq_len": SEQ_LEN, **row})
+            print(json.dumps(rows[-1]), flush=True)
+    data = {"machine": f"{datetime.now(UTC):%Y-%m-%d}, {os.cpu_count()} CPUs ({platform.machine()}), {threads} threads, "
+                       f"torch {torch.__version__}", "peer": peer_versions(python), "rows": rows}
+    (RESULTS / "prune_cost.json").write_text(json.dumps(data, indent=1) + "\n")
+    report(data)
+
+
+def report(data: dict) -> None:
+    rows = data["rows"]
+    peer = {r["importance"]: r for r in rows if r["tool"] == "Torch-Pruning" and r.get("ok")}
+    lines = ["# What a prune costs at 1.1B parameters", "",
+             f"From `python benchmarks/prune_cost.py` ({data['machine']}; Torch-Pruning {data['peer']['torch-pruning']} "
+             f"with transformers {data['peer']['transformers']} in its own venv). A Llama of TinyLlama-1.1B's shape, "
+             "random fp32 weights, hidden + MLP channels pruned by both tools to the same size (Torch-Pruning's "
+             f"`pruning_ratio={TP_RATIO}`, `round_to=32`). Each run in its own process; the pruning call alone is "
+             "timed (model loaded and every weight read before). Memory: the process's peak RSS during the call "
+             "(imports included, about 0.4 GB), over the weight bytes, and the same less the RSS before the call. "
+             "Calibration: random token ids, one sample per backward pass for both tools.", "",
+             "| tool | importance | params after | prune s | vs Torch-Pruning (same importance) | s per calibration token "
+             "| RSS before GB | peak GB | peak / weights | (peak - before) / weights | exports |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if not r.get("ok"):
+            lines.append(f"| {r['tool']} | {r['importance']} | failed: {r.get('error', '')} | | | | | | | | |")
+            continue
+        twin = peer.get(SAME.get(r["importance"])) if r["tool"] == "depprune" else None
+        vs = f"{r['prune_seconds'] / twin['prune_seconds']:.2f}x" if twin else "-"
+        tokens = r["samples"] * r["seq_len"]
+        per_token = f"{r['prune_seconds'] / tokens:.3f}" if tokens else "-"
+        extra = (r["peak_rss_gb"] - r["rss_before_gb"]) / r["weight_gb"]
+        lines.append(f"| {r['tool']} | {r['importance']} | {r['params']:,} | {r['prune_seconds']:.1f} | {vs} | {per_token} | "
+                     f"{r['rss_before_gb']:.2f} | {r['peak_rss_gb']:.2f} | {r['peak_rss_gb'] / r['weight_gb']:.2f} | {extra:.2f} | "
+                     f"{r.get('exports', '-')} |")
+    path = RESULTS / "prune_cost.md"
+    notes = path.read_text().partition("<!-- notes -->")[2] if path.exists() else ""
+    path.write_text("\n".join(lines) + "\n\n<!-- notes -->" + (notes or "\n"))
+    print("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=4, help="calibration samples of 128 tokens")
+    ap.add_argument("--workdir", help="where the dense model is written (default: the system's temp dir)")
+    ap.add_argument("--one", nargs=4, metavar=("DIR", "IMPORTANCE", "RATIO", "CALIBRATION"), help=argparse.SUPPRESS)
+    ap.add_argument("--report", action="store_true", help="only rewrite prune_cost.md from the JSON")
+    args = ap.parse_args()
+    if args.one:
+        d, importance, ratio, calibration = args.one
+        print(json.dumps(one_depprune(d, importance, float(ratio), calibration)))
+    elif args.report:
+        report(json.loads((RESULTS / "prune_cost.json").read_text()))
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -45,6 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from recover_methods import RESULTS, ROOT, SHARED, TOKENIZER, TRAIN, VALID, WIKI
+from torch_pruning_worker import peak_rss, reset_peak  # the peer's worker measures memory the same way
 
 VENV = ROOT / ".venv-tp"
 PEER_PINS = ("torch==2.13.0", "transformers==4.49.0", "torch-pruning==1.6.1")
@@ -143,17 +144,6 @@ def run_peer(python: Path, jobs: list[dict], timeout: float | None, threads: int
 
 # -- depprune's side -----------------------------------------------------------------------------
 
-def reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-
-
-def peak_rss_gb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024 / 1e9
-    return float("nan")
-
-
 def depprune_prune(source: Path, target: float, settings: dict, samples, out: Path) -> dict:
     """Prune with depprune's public API, save the model and the probe logits; the row's measurements."""
     import torch
@@ -168,7 +158,7 @@ def depprune_prune(source: Path, target: float, settings: dict, samples, out: Pa
         start = time.perf_counter()
         result = prune(model, config, samples=samples if uses_samples else None, progress=False)
         seconds = time.perf_counter() - start
-        peak = peak_rss_gb()
+        peak = peak_rss()
         save_pruned(result.model, out, result.record, source=source, force=True)
     except DeppruneError as e:
         return {"ok": False, "error": f"{type(e).__name__}: {e}"[:300]}

@@ -6,6 +6,7 @@ import multiprocessing
 import resource
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 from torch import nn
@@ -83,10 +84,11 @@ def speed_in_own_process(path, device=None, dtype=None, *, trust_remote_code: bo
     (plus the imported libraries).  Also returns ``params``.  ``device`` and ``dtype`` are as for
     :func:`pruners.load_model`; errors (a model that does not load) are raised here.
     """
-    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing inherited from this one
-    with ctx.Pool(1) as pool:
-        return pool.apply(_measure, (str(path), None if device is None else str(device), dtype, trust_remote_code,
-                                     allow_nonfinite))
+    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing inherited from this one
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        job = pool.submit(_measure, str(path), None if device is None else str(device), dtype, trust_remote_code,
+                          allow_nonfinite)
+        return job.result()
 
 
 def _measure(path: str, device: str | None, dtype, trust_remote_code: bool, allow_nonfinite: bool) -> dict[str, float]:

@@ -141,8 +141,14 @@ def prune(
     analysis=None,
     tokenizer=None,
     samples: list[torch.Tensor] | None = None,
+    inplace: bool = False,
 ) -> PruneResult:
-    """Prune a copy of ``model`` as ``config`` says; ``model`` itself is never modified.
+    """Prune a copy of ``model`` as ``config`` says; ``model`` itself is never modified, unless ``inplace``.
+
+    With ``inplace=True`` the given model is sliced and returned as ``result.model``: no copy is
+    made, so the peak memory is about one model instead of two (for a model nothing else needs
+    afterwards).  An error raised after slicing has begun may leave it partly pruned.  Rounds
+    after the first always slice the previous round's model in place: it is the run's own.
 
     ``analysis`` may pass a ``(trace, groups)`` pair from :func:`analyze` of a model with the
     same structure (e.g. its meta copy) to skip tracing again.  ``tokenizer`` is needed when
@@ -157,17 +163,17 @@ def prune(
         check_context(config, model)
         samples = run_samples(config, tokenizer)
     if config.rounds == 1:
-        return _one_round(model, config, progress, analysis, samples)
+        return _one_round(model, config, progress, analysis, samples, inplace)
     total, current, results = count_params(model), model, []
     for r in range(1, config.rounds + 1):
         left = round(total * (1 - config.ratio) ** (r / config.rounds)) if r < config.rounds else total - round(config.ratio * total)
         step = config.model_copy(update={"ratio": 1 - left / count_params(current), "rounds": 1})
-        results.append(_one_round(current, step, progress, analysis if r == 1 else None, samples))
+        results.append(_one_round(current, step, progress, analysis if r == 1 else None, samples, inplace or r > 1))
         current = results[-1].model
     return chain_rounds(results)
 
 
-def _one_round(model: nn.Module, config: PruneConfig, progress: bool, analysis, samples) -> PruneResult:
+def _one_round(model: nn.Module, config: PruneConfig, progress: bool, analysis, samples, inplace: bool) -> PruneResult:
     """Score, plan and slice once (:func:`prune` with ``config.rounds == 1``)."""
     torch.manual_seed(config.seed)
     tr, groups = analysis if analysis is not None else analyze(model)
@@ -181,7 +187,7 @@ def _one_round(model: nn.Module, config: PruneConfig, progress: bool, analysis, 
         check_finite_scores(scores, config.importance)
     allowed = aligned_head_counts(groups, model) if config.align is not None else None
     plan = make_plan(groups, scores, config, before, allowed)
-    pruned, record = execute(model, tr, groups, plan.keep)
+    pruned, record = execute(model, tr, groups, plan.keep, inplace=inplace)
     check_rebuilt_buffers(pruned, record)  # a plan that slices a computed buffer could not be saved
     if config.align is not None and not record.config:
         raise PlanError(unaligned(model, config))

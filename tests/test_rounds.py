@@ -65,3 +65,20 @@ def test_cli_rounds(tmp_path, capsys):
     assert json.loads((tmp_path / "r" / "config.json").read_text())["depprune"]["run"]["config"]["rounds"] == 2
     assert main([*argv, "--rounds", "0", "--out", str(tmp_path / "z")]) == 2
     assert "--rounds 0" in capsys.readouterr().err and not (tmp_path / "z").exists()
+
+
+@pytest.mark.parametrize("rounds", [1, 2])
+@pytest.mark.parametrize("arch", ["llama_gqa", "gpt2"])
+def test_prune_in_place_slices_the_given_model_as_the_copying_prune_does(arch, rounds):
+    """``inplace=True`` returns the given model itself, sliced, equal to the pruned copy; the default leaves it intact."""
+    model = ARCHS[arch].build()
+    ids = torch.randint(0, 97, (2, 11), generator=torch.Generator().manual_seed(0))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    config = PruneConfig(ratio=0.3, importance="l2", kinds=["attention", "mlp_channel", "hidden_channel"], rounds=rounds)
+    copied = prune(model, config, progress=False)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # the default copies
+    in_place = prune(model, config, progress=False, inplace=True)
+    assert in_place.model is model
+    assert {n: p.shape for n, p in model.named_parameters()} == {n: p.shape for n, p in copied.model.named_parameters()}
+    assert torch.allclose(logits(model, ids), logits(copied.model, ids), atol=1e-6)
+    assert in_place.record.to_dict() == copied.record.to_dict()

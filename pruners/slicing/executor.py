@@ -154,15 +154,17 @@ def new_factor_sizes(groups: Sequence[Group], keep: Mapping[str, np.ndarray], fa
     return out
 
 
-def execute(model: nn.Module, trace, groups: Sequence[Group], keep: Mapping[str, Sequence[int]]) -> tuple[nn.Module, PruneRecord]:
+def execute(model: nn.Module, trace, groups: Sequence[Group], keep: Mapping[str, Sequence[int]],
+            inplace: bool = False) -> tuple[nn.Module, PruneRecord]:
     """Return a pruned copy of ``model`` keeping ``keep[group_id]`` units of each planned group.
 
     ``trace`` and ``groups`` come from tracing a model with the same structure (a meta copy is
-    fine).  The input model is not modified.
+    fine).  The input model is not modified, unless ``inplace``: then it is sliced and returned
+    itself (each tensor replaced by its slice, so no second copy of the weights is ever held).
     """
     kept = validate_keep(groups, keep)
     positions = kept_positions(groups, kept)
-    pruned = copy_model(model)
+    pruned = model if inplace else copy_model(model)
     shapes = slice_tensors(pruned, positions, trace.aliases)
     fixed = apply_shape_adapters(pruned, [alias for n in shapes for alias in trace.aliases.get(n, [n])])
     factor_by_key = {term_key(f): f for info in trace.params.values() for t in info.axes for f in _factors(t)}

@@ -7,6 +7,8 @@ prune here -- to the same size: Torch-Pruning's ``pruning_ratio=0.2`` (its LLM e
 parameter count that gives.  Importances: L2 magnitude and first-order Taylor for both, plus
 depprune's ``wanda-sp`` (activations, no gradients); the calibration estimators read the same
 random samples (``--samples`` x 128 tokens), one sample per backward pass for both tools.
+depprune runs as ``pruners.prune`` does by default (on a copy: the input model is left intact)
+and with ``inplace=True`` (the given model sliced, as Torch-Pruning does).
 
 Each run records the wall time of the pruning call alone (the model loaded before it), the
 process's RSS before it and its peak during it (VmHWM, reset before the call), the peak minus
@@ -38,7 +40,7 @@ from pruned_speed import SHAPE, build
 RESULTS = Path(__file__).resolve().parent / "results"
 TP_RATIO, SEQ_LEN = 0.2, 128
 RUNS = [("Torch-Pruning", "l2"), ("Torch-Pruning", "taylor"), ("depprune", "l2"), ("depprune", "taylor-element"),
-        ("depprune", "wanda-sp")]
+        ("depprune", "wanda-sp"), ("depprune in place", "l2"), ("depprune in place", "taylor-element")]
 SAME = {"l2": "l2", "taylor-element": "taylor"}  # depprune's estimator -> Torch-Pruning's counterpart
 
 
@@ -47,7 +49,7 @@ def status_gb(field: str) -> float:
     return int(line.split()[1]) * 1024 / 1e9
 
 
-def one_depprune(directory: str, importance: str, ratio: float, calibration: str) -> dict:
+def one_depprune(directory: str, importance: str, ratio: float, calibration: str, inplace: bool) -> dict:
     """Run in a fresh process: load, then time one ``pruners.prune`` call and count its exports."""
     import torch
 
@@ -68,7 +70,7 @@ def one_depprune(directory: str, importance: str, ratio: float, calibration: str
     Path("/proc/self/clear_refs").write_text("5")
     before = status_gb("VmRSS")
     start = time.perf_counter()
-    result = prune(model, config, samples=samples if importance != "l2" else None, progress=False)
+    result = prune(model, config, samples=samples if importance != "l2" else None, progress=False, inplace=inplace)
     seconds = time.perf_counter() - start
     return {"params": count_params(result.model), "prune_seconds": seconds, "rss_before_gb": before,
             "peak_rss_gb": status_gb("VmHWM"), "exports": len(exports)}
@@ -98,7 +100,8 @@ def run(args) -> None:
                     target = row["params"]
             else:
                 cmd = [sys.executable, __file__, "--one", str(work / "dense"), importance,
-                       str(1 - (target or round((1 - TP_RATIO) * weights)) / weights), str(work / "calibration.pt")]
+                       str(1 - (target or round((1 - TP_RATIO) * weights)) / weights), str(work / "calibration.pt"),
+                       str(tool.endswith("in place"))]
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 row = ({"ok": True, **json.loads(done.stdout.splitlines()[-1])} if done.returncode == 0 else
                        {"ok": False, "error": done.stderr.strip().splitlines()[-1][:300]})
@@ -129,7 +132,7 @@ def report(data: dict) -> None:
         if not r.get("ok"):
             lines.append(f"| {r['tool']} | {r['importance']} | failed: {r.get('error', '')} | | | | | | | | |")
             continue
-        twin = peer.get(SAME.get(r["importance"])) if r["tool"] == "depprune" else None
+        twin = peer.get(SAME.get(r["importance"])) if r["tool"].startswith("depprune") else None
         vs = f"{r['prune_seconds'] / twin['prune_seconds']:.2f}x" if twin else "-"
         tokens = r["samples"] * r["seq_len"]
         per_token = f"{r['prune_seconds'] / tokens:.3f}" if tokens else "-"
@@ -147,12 +150,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=4, help="calibration samples of 128 tokens")
     ap.add_argument("--workdir", help="where the dense model is written (default: the system's temp dir)")
-    ap.add_argument("--one", nargs=4, metavar=("DIR", "IMPORTANCE", "RATIO", "CALIBRATION"), help=argparse.SUPPRESS)
+    ap.add_argument("--one", nargs=5, metavar=("DIR", "IMPORTANCE", "RATIO", "CALIBRATION", "INPLACE"), help=argparse.SUPPRESS)
     ap.add_argument("--report", action="store_true", help="only rewrite prune_cost.md from the JSON")
     args = ap.parse_args()
     if args.one:
-        d, importance, ratio, calibration = args.one
-        print(json.dumps(one_depprune(d, importance, float(ratio), calibration)))
+        d, importance, ratio, calibration, inplace = args.one
+        print(json.dumps(one_depprune(d, importance, float(ratio), calibration, inplace == "True")))
     elif args.report:
         report(json.loads((RESULTS / "prune_cost.json").read_text()))
     else:

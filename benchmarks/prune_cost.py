@@ -15,7 +15,11 @@ process's RSS before it and its peak during it (VmHWM, reset before the call), t
 the RSS before as a multiple of the weight bytes, scoring time per calibration token, and, for
 depprune, how many times the model was exported (``torch.export``) during the call.
 
-    python benchmarks/prune_cost.py              # about 10 minutes on 2 cores, 20 GB of RAM
+It also measures how trace + groups and scoring grow with the number of layers (4 to 32) at a
+fixed width (hidden 1024), each size in its own process.
+
+    python benchmarks/prune_cost.py              # about 8 minutes on 2 cores, 20 GB of RAM
+    python benchmarks/prune_cost.py --growth-only
     python benchmarks/prune_cost.py --report
 
 Results: ``benchmarks/results/prune_cost.json`` and ``prune_cost.md``.
@@ -76,6 +80,45 @@ def one_depprune(directory: str, importance: str, ratio: float, calibration: str
             "peak_rss_gb": status_gb("VmHWM"), "exports": len(exports)}
 
 
+GROWTH_LAYERS = (4, 8, 16, 32)
+GROWTH_SHAPE = {"hidden_size": 1024, "intermediate_size": 2816, "num_attention_heads": 16, "num_key_value_heads": 4,
+                "head_dim": 64, "vocab_size": 32000, "tie_word_embeddings": False}
+
+
+def one_growth(layers: int, samples: int) -> dict:
+    """Run in a fresh process: trace + groups, then L2 and Taylor scoring, of a random Llama with ``layers`` layers."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pruners import PruneConfig, analyze, score_groups, select_groups
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=layers, **GROWTH_SHAPE)).eval()
+    ids = list(torch.randint(3, GROWTH_SHAPE["vocab_size"], (samples, SEQ_LEN)).split(1))  # N x (1, T)
+    start = time.perf_counter()
+    _, groups = analyze(model)
+    out = {"layers": layers, "params": sum(p.numel() for p in model.parameters()),
+           "analyze_s": time.perf_counter() - start, "samples": samples}
+    chosen = select_groups(groups, ["attention", "mlp_channel"], None)
+    for importance in ("l2", "taylor-element"):
+        start = time.perf_counter()
+        score_groups(model, chosen, PruneConfig(ratio=0.2, importance=importance), ids if importance != "l2" else None,
+                     progress=False)
+        out[f"score_s:{importance}"] = time.perf_counter() - start
+    return out
+
+
+def growth(args) -> list[dict]:
+    rows = []
+    for layers in GROWTH_LAYERS:
+        print(f"growth: {layers} layers", flush=True)
+        done = subprocess.run([sys.executable, __file__, "--growth-one", str(layers), str(args.samples)],
+                              capture_output=True, text=True, check=True)
+        rows.append(json.loads(done.stdout.splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def run(args) -> None:
     import torch
 
@@ -109,7 +152,7 @@ def run(args) -> None:
                          "samples": args.samples if importance != "l2" else 0, "seq_len": SEQ_LEN, **row})
             print(json.dumps(rows[-1]), flush=True)
     data = {"machine": f"{datetime.now(UTC):%Y-%m-%d}, {os.cpu_count()} CPUs ({platform.machine()}), {threads} threads, "
-                       f"torch {torch.__version__}", "peer": peer_versions(python), "rows": rows}
+                       f"torch {torch.__version__}", "peer": peer_versions(python), "rows": rows, "growth": growth(args)}
     (RESULTS / "prune_cost.json").write_text(json.dumps(data, indent=1) + "\n")
     report(data)
 
@@ -140,6 +183,18 @@ def report(data: dict) -> None:
         lines.append(f"| {r['tool']} | {r['importance']} | {r['params']:,} | {r['prune_seconds']:.1f} | {vs} | {per_token} | "
                      f"{r['rss_before_gb']:.2f} | {r['peak_rss_gb']:.2f} | {r['peak_rss_gb'] / r['weight_gb']:.2f} | {extra:.2f} | "
                      f"{r.get('exports', '-')} |")
+    if data.get("growth"):
+        lines += ["", "## Growth with the number of layers", "",
+                  f"A random Llama of hidden 1024 (MLP 2816, 16 heads / 4 KV heads, vocabulary 32,000), 4 to 32 layers, "
+                  f"each in its own process: `pruners.analyze` (trace + groups on a meta copy), then `score_groups` of "
+                  f"KV groups + MLP channels with L2 and with taylor-element on {data['growth'][0]['samples']} x "
+                  f"{SEQ_LEN} tokens. Per layer: the time over the number of layers, flat when linear.", "",
+                  "| layers | params | analyze s (per layer) | L2 scoring s (per layer) | Taylor scoring s (per layer) |",
+                  "|---:|---:|---:|---:|---:|"]
+        for g in data["growth"]:
+            n = g["layers"]
+            cells = [f"{g[k]:.2f} ({g[k] / n:.3f})" for k in ("analyze_s", "score_s:l2", "score_s:taylor-element")]
+            lines.append(f"| {n} | {g['params'] / 1e6:.0f} M | " + " | ".join(cells) + " |")
     path = RESULTS / "prune_cost.md"
     notes = path.read_text().partition("<!-- notes -->")[2] if path.exists() else ""
     path.write_text("\n".join(lines) + "\n\n<!-- notes -->" + (notes or "\n"))
@@ -151,9 +206,18 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4, help="calibration samples of 128 tokens")
     ap.add_argument("--workdir", help="where the dense model is written (default: the system's temp dir)")
     ap.add_argument("--one", nargs=5, metavar=("DIR", "IMPORTANCE", "RATIO", "CALIBRATION", "INPLACE"), help=argparse.SUPPRESS)
+    ap.add_argument("--growth-one", nargs=2, type=int, metavar=("LAYERS", "SAMPLES"), help=argparse.SUPPRESS)
+    ap.add_argument("--growth-only", action="store_true", help="measure only the growth with layers, into the JSON")
     ap.add_argument("--report", action="store_true", help="only rewrite prune_cost.md from the JSON")
     args = ap.parse_args()
-    if args.one:
+    if args.growth_one:
+        print(json.dumps(one_growth(*args.growth_one)))
+    elif args.growth_only:
+        data = json.loads((RESULTS / "prune_cost.json").read_text())
+        data["growth"] = growth(args)
+        (RESULTS / "prune_cost.json").write_text(json.dumps(data, indent=1) + "\n")
+        report(data)
+    elif args.one:
         d, importance, ratio, calibration, inplace = args.one
         print(json.dumps(one_depprune(d, importance, float(ratio), calibration, inplace == "True")))
     elif args.report:

@@ -40,17 +40,13 @@ from pathlib import Path
 
 from compare_torch_pruning import peer_python, peer_versions, run_peer
 from pruned_speed import SHAPE, build
+from torch_pruning_worker import peak_rss, reset_peak  # both tools' memory, measured one way
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TP_RATIO, SEQ_LEN = 0.2, 128
 RUNS = [("Torch-Pruning", "l2"), ("Torch-Pruning", "taylor"), ("depprune", "l2"), ("depprune", "taylor-element"),
         ("depprune", "wanda-sp"), ("depprune in place", "l2"), ("depprune in place", "taylor-element")]
 SAME = {"l2": "l2", "taylor-element": "taylor"}  # depprune's estimator -> Torch-Pruning's counterpart
-
-
-def status_gb(field: str) -> float:
-    line = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith(field + ":"))
-    return int(line.split()[1]) * 1024 / 1e9
 
 
 def one_depprune(directory: str, importance: str, ratio: float, calibration: str, inplace: bool) -> dict:
@@ -71,13 +67,13 @@ def one_depprune(directory: str, importance: str, ratio: float, calibration: str
     model = load_model(directory)
     samples = list(torch.load(calibration).split(1))  # N x (1, T)
     config = PruneConfig(ratio=ratio, importance=importance, kinds=["hidden_channel", "mlp_channel"])
-    Path("/proc/self/clear_refs").write_text("5")
-    before = status_gb("VmRSS")
+    reset_peak()
+    before = peak_rss()  # just reset: the RSS now
     start = time.perf_counter()
     result = prune(model, config, samples=samples if importance != "l2" else None, progress=False, inplace=inplace)
     seconds = time.perf_counter() - start
     return {"params": count_params(result.model), "prune_seconds": seconds, "rss_before_gb": before,
-            "peak_rss_gb": status_gb("VmHWM"), "exports": len(exports)}
+            "peak_rss_gb": peak_rss(), "exports": len(exports)}
 
 
 GROWTH_LAYERS = (4, 8, 16, 32)

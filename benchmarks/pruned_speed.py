@@ -114,8 +114,9 @@ def measure(directory: str, device: str, dtype: str, repeats: int) -> dict:
     if dev.type == "cuda":
         out["peak_gb"] = torch.cuda.max_memory_allocated(dev) / 1e9
     else:
-        status = Path("/proc/self/status").read_text()
-        out["peak_gb"] = int(next(ln for ln in status.splitlines() if ln.startswith("VmHWM:")).split()[1]) * 1024 / 1e9
+        from torch_pruning_worker import peak_rss  # the benchmarks' one VmHWM reader
+
+        out["peak_gb"] = peak_rss()
     return out
 
 

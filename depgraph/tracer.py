@@ -21,6 +21,7 @@ from torch.fx.node import map_aggregate
 from . import ops  # noqa: F401  (importing registers every op handler)
 from .layout import ONE, Factor, LayoutConflict, Term, cut, resolve, unify
 from .ops.registry import TensorInfo, UnsupportedOpError, lookup, module_path, op_key, unsupported
+from .repeats import layer_signatures, layer_stack, replicate, traced_prefix, truncated
 
 # what a handler raises when it indexes, unpacks or binds arguments of a shape it does not expect
 _HANDLER_FAULTS = (IndexError, KeyError, AssertionError, ValueError, TypeError, AttributeError)
@@ -51,6 +52,8 @@ class Trace:
     graph: torch.fx.Graph
     num_nodes: int
     order: dict[str, int] = field(default_factory=dict)  # parameter/buffer -> rank of its first use
+    # untraced layer -> the traced layer whose layouts it copies (see depgraph.repeats); empty: all traced
+    replicated: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -181,12 +184,35 @@ def export(model: nn.Module, batch: int = 2, seq: int = 7) -> torch.export.Expor
         model.train(was_training)
 
 
-def trace(model: nn.Module, batch: int = 2, seq: int = 7) -> Trace:
+def trace(model: nn.Module, batch: int = 2, seq: int = 7, repeats: bool = True) -> Trace:
     """Trace ``model`` and return the layout terms of every parameter and buffer axis.
 
     ``model`` is not modified.  Build it under ``torch.device("meta")`` to trace a model of
-    any size without materialising weights.
+    any size without materialising weights.  With ``repeats`` (the default) a stack of identical
+    decoder layers is exported only as far as its first two copies of each distinct layer and
+    the rest replicated (:mod:`depgraph.repeats`; ``Trace.replicated`` lists the copied layers);
+    the result is the same as tracing every layer, which ``repeats=False`` does.
     """
+    found = layer_stack(model) if repeats else None
+    if found is not None:
+        path, layers = found
+        shared = any(layer_of_stack(n, path) for names in tied_aliases(model).values() if len(names) > 1 for n in names)
+        signatures = layer_signatures(layers)
+        k = traced_prefix(signatures)
+        if not shared and k < len(layers):
+            replicated = replicate(trace_all(truncated(model, path, k), batch, seq), f"{path}.", signatures, k)
+            if replicated is not None:
+                return replicated
+    return trace_all(model, batch, seq)
+
+
+def layer_of_stack(name: str, path: str) -> bool:
+    """Is parameter ``name`` inside the layer stack at ``path``?"""
+    return name.startswith(f"{path}.")
+
+
+def trace_all(model: nn.Module, batch: int = 2, seq: int = 7) -> Trace:
+    """Trace every op of ``model`` (:func:`trace` without replicating repeated layers)."""
     ep = export(model, batch, seq)
     tracer = Tracer()
     inputs = []

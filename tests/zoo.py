@@ -180,7 +180,7 @@ class NanoGPT(nn.Module):
 
 @dataclass
 class Arch:
-    build: Callable[[], nn.Module]
+    build: Callable[..., nn.Module]  # build(layers=LAYERS): the model, with that many decoder layers
     kv_heads: int | None  # None: multi-head attention (attention_head groups)
     head_dim: int
     mlp: int
@@ -193,9 +193,10 @@ class Arch:
 
 
 def _hf(config_cls, model_cls, attn=None, **kw):
-    def build():
+    def build(layers: int = LAYERS):
         torch.manual_seed(0)
-        model = model_cls(config_cls(**kw)).float().eval()
+        depth = {key: layers for key in ("num_hidden_layers", "n_layer") if key in kw}
+        model = model_cls(config_cls(**{**kw, **depth})).float().eval()
         if attn is not None:
             model.set_attn_implementation(attn)
         return model
@@ -204,9 +205,9 @@ def _hf(config_cls, model_cls, attn=None, **kw):
 
 
 def _nanogpt(attention=CausalSelfAttention):
-    def build():
+    def build(layers: int = LAYERS):
         torch.manual_seed(0)
-        return NanoGPT(NanoConfig(), attention).eval()
+        return NanoGPT(NanoConfig(n_layer=layers), attention).eval()
 
     return build
 
@@ -401,9 +402,9 @@ class NanoLM(NanoGPT):
 
 
 def _nano(attention=CausalSelfAttention, activation=None):
-    def build():
+    def build(layers: int = LAYERS):
         torch.manual_seed(0)
-        return NanoLM(NanoConfig(), attention, activation).eval()
+        return NanoLM(NanoConfig(n_layer=layers), attention, activation).eval()
 
     return build
 

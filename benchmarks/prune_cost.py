@@ -13,7 +13,8 @@ and with ``inplace=True`` (the given model sliced, as Torch-Pruning does).
 Each run records the wall time of the pruning call alone (the model loaded before it), the
 process's RSS before it and its peak during it (VmHWM, reset before the call), the peak minus
 the RSS before as a multiple of the weight bytes, scoring time per calibration token, and, for
-depprune, how many times the model was exported (``torch.export``) during the call.
+depprune, how many times the model was exported (``torch.export``) during the call, and how many of
+its decoder layers each export held (repeated layers are traced once: ``depgraph.repeats``).
 
 It also measures how trace + groups and scoring grow with the number of layers (4 to 32) at a
 fixed width (hidden 1024), each size in its own process.
@@ -54,14 +55,16 @@ def one_depprune(directory: str, importance: str, ratio: float, calibration: str
     import torch
 
     import depgraph.tracer
+    from depgraph.repeats import layer_stack
     from pruners import PruneConfig, count_params, load_model, prune
 
     exports = []
     export = depgraph.tracer.export
 
-    def counted(*args, **kwargs):  # an instrument of this benchmark: how often a prune exports the model
-        exports.append(1)
-        return export(*args, **kwargs)
+    def counted(model, *args, **kwargs):  # an instrument of this benchmark: how often a prune exports which layers
+        stack = layer_stack(model)
+        exports.append(len(stack[1]) if stack else 0)
+        return export(model, *args, **kwargs)
 
     depgraph.tracer.export = counted
     model = load_model(directory)
@@ -73,7 +76,7 @@ def one_depprune(directory: str, importance: str, ratio: float, calibration: str
     result = prune(model, config, samples=samples if importance != "l2" else None, progress=False, inplace=inplace)
     seconds = time.perf_counter() - start
     return {"params": count_params(result.model), "prune_seconds": seconds, "rss_before_gb": before,
-            "peak_rss_gb": peak_rss(), "exports": len(exports)}
+            "peak_rss_gb": peak_rss(), "exports": len(exports), "exported_layers": exports}
 
 
 GROWTH_LAYERS = (4, 8, 16, 32)
@@ -153,6 +156,14 @@ def run(args) -> None:
     report(data)
 
 
+def exports_cell(r: dict) -> str:
+    """``2 (2 + 22 of 22)``: exports of a depprune prune and the decoder layers each one held."""
+    if "exports" not in r:
+        return "-"
+    held = r.get("exported_layers")
+    return f"{r['exports']}" + (f" ({' + '.join(map(str, held))} of {SHAPE['num_hidden_layers']})" if held else "")
+
+
 def report(data: dict) -> None:
     rows = data["rows"]
     peer = {r["importance"]: r for r in rows if r["tool"] == "Torch-Pruning" and r.get("ok")}
@@ -165,7 +176,7 @@ def report(data: dict) -> None:
              "(imports included, about 0.4 GB), over the weight bytes, and the same less the RSS before the call. "
              "Calibration: random token ids, one sample per backward pass for both tools.", "",
              "| tool | importance | params after | prune s | vs Torch-Pruning (same importance) | s per calibration token "
-             "| RSS before GB | peak GB | peak / weights | (peak - before) / weights | exports |",
+             "| RSS before GB | peak GB | peak / weights | (peak - before) / weights | exports (layers each) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if not r.get("ok"):
@@ -178,7 +189,7 @@ def report(data: dict) -> None:
         extra = (r["peak_rss_gb"] - r["rss_before_gb"]) / r["weight_gb"]
         lines.append(f"| {r['tool']} | {r['importance']} | {r['params']:,} | {r['prune_seconds']:.1f} | {vs} | {per_token} | "
                      f"{r['rss_before_gb']:.2f} | {r['peak_rss_gb']:.2f} | {r['peak_rss_gb'] / r['weight_gb']:.2f} | {extra:.2f} | "
-                     f"{r.get('exports', '-')} |")
+                     f"{exports_cell(r)} |")
     if data.get("growth"):
         lines += ["", "## Growth with the number of layers", "",
                   f"A random Llama of hidden 1024 (MLP 2816, 16 heads / 4 KV heads, vocabulary 32,000), 4 to 32 layers, "

@@ -2,7 +2,8 @@
 
 For each model shape the model is built from a ``transformers.LlamaConfig`` under
 ``torch.device("meta")`` (no weights are downloaded or materialised), then
-:func:`depgraph.trace` and :func:`depgraph.groups.find_groups` are run.  Each model runs in its
+:func:`depgraph.trace` (repeated decoder layers traced once) and :func:`depgraph.groups.find_groups` are
+run, then the same with every layer traced (``repeats=False``) for comparison.  Each model runs in its
 own fresh subprocess so that peak RSS is per model; a baseline subprocess that only imports
 torch, transformers and depgraph is measured too, so the import cost can be told apart.
 
@@ -80,6 +81,7 @@ TARGETS = [
     ("llama-2-70b", "total_s", 60.0, "total wall time <= 60 s"),
     ("llama-2-70b", "total_s", 5.0, "total wall time <= 5 s (issue 12: trace each distinct layer once)"),
     ("llama-2-7b", "export_ratio", 1.0, "trace + groups <= 1 x torch.export alone"),
+    ("llama-2-70b", "export_ratio", 1.0, "trace + groups <= 1 x torch.export alone (faster than exporting it at all)"),
 ]
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -145,6 +147,11 @@ def run_one(name: str) -> dict:
     t2 = time.perf_counter()
     groups = find_groups(tr)
     c3, t3 = time.process_time(), time.perf_counter()
+    peak = peak_rss_kib()
+    t4 = time.perf_counter()  # the same without replicating repeated layers: every layer exported and interpreted
+    every = find_groups(trace(model, repeats=False))
+    every_s = time.perf_counter() - t4
+    assert [g.summary() for g in every] == [g.summary() for g in groups], "replicated layers changed the groups"
 
     return {
         "import_s": import_s,
@@ -153,8 +160,11 @@ def run_one(name: str) -> dict:
         "groups_s": t3 - t2,
         "total_s": t3 - t0,
         "total_cpu_s": c3 - c0,
-        "peak_rss_kib": peak_rss_kib(),
+        "peak_rss_kib": peak,
         "peak_rss_after_import_kib": rss_after_import,
+        "layers": config.num_hidden_layers,
+        "layers_traced": config.num_hidden_layers - len(tr.replicated),
+        "every_layer_s": every_s,
         "num_nodes": tr.num_nodes,
         "num_params": sum(p.numel() for p in model.parameters()),
         "num_groups": len(groups),
@@ -184,7 +194,8 @@ def summarize(runs: list[dict]) -> dict:
         return {"error": runs[0]["error"], "stderr": runs[0].get("stderr", ""), "runs": runs}
     out = dict(ok[0])
     for key in ("import_s", "build_s", "trace_s", "groups_s", "total_s", "total_cpu_s", "peak_rss_kib",
-                "peak_rss_after_import_kib", "process_wall_s", "loadavg_1min_before", "export_s", "export_rss_kib"):
+                "peak_rss_after_import_kib", "process_wall_s", "loadavg_1min_before", "export_s", "export_rss_kib",
+                "every_layer_s"):
         if key in ok[0]:
             out[key] = statistics.median(r[key] for r in ok)
     if "total_s" in ok[0]:
@@ -256,7 +267,10 @@ def markdown(results: dict) -> str:
         f"Each run is a fresh process; numbers are the median of {results['repeat']} runs per model "
         "(all runs are in trace_meta.json). Peak RSS is the process's `VmHWM` (GB = 10^9 bytes), "
         "so it includes the imports (see the baseline row). "
-        "Total = build + trace + find_groups wall time; the import of torch/transformers/depgraph "
+        "Total = build + trace + find_groups wall time, with repeated decoder layers traced once (two "
+        "of the stack's layers exported, the others replicated: depgraph.repeats); *every layer* is "
+        "trace(..., repeats=False) + find_groups on the same model in the same process, after the "
+        "peak RSS was read. The import of torch/transformers/depgraph "
         "(including transformers' lazy import of `modeling_llama`) is shown separately and not counted. "
         "CPU s is process CPU time over the same span; a total much larger than CPU s means the "
         "machine was busy with other work.",
@@ -264,37 +278,43 @@ def markdown(results: dict) -> str:
         "torch.export alone: the same shape built and exported in a process of its own, nothing else "
         "(depgraph.tracer.export); x export = total / export s, and peak RSS / that process's peak RSS.",
         "",
-        "| model | params | fx nodes | import s | build s | trace s | find_groups s | total s (min–max) "
-        "| CPU s | peak RSS GB | torch.export alone s | x export (time / RSS) | groups |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| model | params | layers traced | fx nodes | import s | build s | trace s | find_groups s | total s (min–max) "
+        "| CPU s | peak RSS GB | every layer s | torch.export alone s | x export (time / RSS) | groups |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     base = results["baseline"]
     if "error" in base:
-        lines.append("| *baseline (imports only)* | | | | | | | | | crashed | | | |")
+        lines.append("| *baseline (imports only)* | | | | | | | | | | crashed | | | | |")
     else:
-        lines.append(f"| *baseline (imports only)* | | | {base['import_s']:.2f} | | | | | "
-                     f"| {gb(base['peak_rss_kib'])} | | | |")
+        lines.append(f"| *baseline (imports only)* | | | | {base['import_s']:.2f} | | | | | "
+                     f"| {gb(base['peak_rss_kib'])} | | | | |")
     for name, r in results["models"].items():
         if "error" in r:
-            lines.append(f"| {name} | | | | | | | | | | | | crashed: {r['error']} |")
+            lines.append(f"| {name} | | | | | | | | | | | | | | crashed: {r['error']} |")
             continue
         kinds = ", ".join(f"{k} {v}" for k, v in r["groups_by_kind"].items())
         lines.append(
-            f"| {name} | {r['num_params'] / 1e9:.2f} B | {r['num_nodes']} | {r['import_s']:.2f} | {r['build_s']:.2f} "
+            f"| {name} | {r['num_params'] / 1e9:.2f} B | {r['layers_traced']} of {r['layers']} | {r['num_nodes']} "
+            f"| {r['import_s']:.2f} | {r['build_s']:.2f} "
             f"| {r['trace_s']:.2f} | {r['groups_s']:.2f} | {r['total_s']:.2f} ({r['total_s_min']:.1f}–{r['total_s_max']:.1f}) "
-            f"| {r['total_cpu_s']:.2f} | {gb(r['peak_rss_kib'])} | {export_cells(r)} | {r['num_groups']}: {kinds} |"
+            f"| {r['total_cpu_s']:.2f} | {gb(r['peak_rss_kib'])} | {r['every_layer_s']:.2f} | {export_cells(r)} "
+            f"| {r['num_groups']}: {kinds} |"
         )
     growth = {n: r for n, r in results["models"].items() if n in GROWTH and "error" not in r}
     if len(growth) > 1:
         layers = {n: GROWTH[n]["num_hidden_layers"] for n in growth}
         lines += ["", "## Growth with the number of layers (llama-2-7b width)", "",
-                  "Per layer: (total s) / layers, which stays flat when the cost is linear in the layers.", "",
-                  "| layers | fx nodes | trace + groups s | per layer s | torch.export alone s | x export |",
-                  "|---:|---:|---:|---:|---:|---:|"]
+                  "Per layer: (seconds) / layers, which stays flat when the cost is linear in the layers. With "
+                  "repeated layers traced once the export no longer grows with the layers; what grows is "
+                  "replicating the layouts and find_groups, both linear. Plot: trace_meta_growth.png.", "",
+                  "| layers | trace + groups s | per layer s | every layer s | per layer s | torch.export alone s "
+                  "| x export |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
         for n in sorted(growth, key=layers.get):
             r = growth[n]
             ratio = f"{r['total_s'] / r['export_s']:.2f}" if r.get("export_s") else "-"
-            lines.append(f"| {layers[n]} | {r['num_nodes']} | {r['total_s']:.2f} | {r['total_s'] / layers[n]:.3f} | "
+            lines.append(f"| {layers[n]} | {r['total_s']:.2f} | {r['total_s'] / layers[n]:.3f} | "
+                         f"{r['every_layer_s']:.2f} | {r['every_layer_s'] / layers[n]:.3f} | "
                          f"{r.get('export_s', float('nan')):.2f} | {ratio} |")
     lines += ["", "## Targets (judged on the median)", "", "| model | target | measured | result |",
               "|---|---|---:|---|"]
@@ -302,6 +322,31 @@ def markdown(results: dict) -> str:
         measured = "—" if t["measured"] is None else t["measured"]
         lines.append(f"| {t['model']} | {t['target']} | {measured} | **{t['status']}** |")
     return "\n".join(lines) + "\n"
+
+
+def plot_growth(results: dict, path: Path) -> None:
+    """Seconds vs layers at llama-2-7b width: trace + groups (replicated and every layer) and torch.export alone."""
+    growth = {GROWTH[n]["num_hidden_layers"]: r for n, r in results["models"].items() if n in GROWTH and "error" not in r}
+    if len(growth) < 2:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = sorted(growth)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(xs, [growth[x]["total_s"] for x in xs], "o-", label="trace + groups (repeated layers traced once)")
+    ax.plot(xs, [growth[x]["every_layer_s"] for x in xs], "s--", label="trace + groups, every layer")
+    ax.plot(xs, [growth[x].get("export_s", float("nan")) for x in xs], "^:", label="torch.export alone")
+    ax.set_xlabel("decoder layers (llama-2-7b width, meta device)")
+    ax.set_ylabel("seconds")
+    ax.set_xticks(xs)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "trace_meta.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "trace_meta.md").write_text(markdown(results))
+    plot_growth(results, args.out / "trace_meta_growth.png")
     print(markdown(results))
     return 0 if all(t["status"] == "PASS" for t in results["targets"]) else 1
 

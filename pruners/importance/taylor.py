@@ -29,7 +29,8 @@ class TaylorConfig(BaseModel):
 
 # Signals are fp32 (see :mod:`.signals`).  Where every summed term is non-negative, the
 # elementwise values are taken in the precision of ``w`` (at least fp32, see :func:`unit_sums`)
-# and only summed in fp64: no cancellation, so the relative error stays ~1e-7, and in-place
+# and summed in blocks in that precision, accumulated in fp64 (:func:`unit_sums`): no cancellation,
+# so the relative error stays ~1e-7, and in-place
 # ops keep each member's temporaries to about one weight-sized tensor.
 
 

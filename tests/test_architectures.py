@@ -207,6 +207,19 @@ def test_input_model_unchanged(traced, pruned, arch, kind):
     assert all(p.device.type == "cpu" for p in t.model.parameters())
 
 
+@pytest.mark.parametrize("arch,kind", ALL_CASES)
+def test_pruned_copy_owns_its_tensors(traced, pruned, arch, kind):
+    """The copy is built from the source's slices and clones, no meta tensor left and no memory shared; tied stays tied."""
+    t, p = traced(arch), pruned(arch, kind)
+    source = {x.untyped_storage().data_ptr() for x in [*t.model.parameters(), *t.model.buffers()]}
+    tensors = [*p.model.parameters(), *p.model.buffers()]
+    assert all(x.device.type == "cpu" for x in tensors)
+    assert not source & {x.untyped_storage().data_ptr() for x in tensors if x.numel()}
+    for names in t.trace.aliases.values():
+        params = [p.model.get_parameter(n) for n in names]
+        assert all(q is params[0] for q in params), names
+
+
 # -- plans that cannot be executed are refused, not carried out wrongly --------------------------
 
 

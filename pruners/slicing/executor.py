@@ -19,6 +19,7 @@ from torch import nn
 from depgraph.graph import term_key
 from depgraph.groups import Group
 from depgraph.layout import factors as _factors
+from depgraph.tracer import meta_copy
 
 from ..errors import PlanError
 from .attributes import apply_shape_adapters, infer_attributes
@@ -105,18 +106,31 @@ def owner_and_attr(model: nn.Module, path: str) -> tuple[nn.Module, str]:
     return mod, attr
 
 
-def slice_tensors(model: nn.Module, positions: Mapping[tuple[str, int], np.ndarray], aliases: Mapping[str, list[str]]) -> dict[str, list[int]]:
-    """Slice parameters and buffers of ``model`` in place; tied parameters stay tied."""
+def slice_tensors(
+    model: nn.Module,
+    positions: Mapping[tuple[str, int], np.ndarray],
+    aliases: Mapping[str, list[str]],
+    source: nn.Module | None = None,
+) -> dict[str, list[int]]:
+    """Give ``model`` the slices of ``source``'s tensors (``model``'s own by default: in place); tied parameters stay tied.
+
+    A tensor cut on both axes of a matrix is gathered in one pass (one new tensor, not two).
+    """
+    source = model if source is None else source
     by_name: dict[str, list[tuple[int, np.ndarray]]] = {}
     for (name, axis), pos in positions.items():
         by_name.setdefault(name, []).append((axis, pos))
     shapes: dict[str, list[int]] = {}
     for name, cuts in sorted(by_name.items()):
-        mod, attr = owner_and_attr(model, name)
-        old = getattr(mod, attr)
+        smod, attr = owner_and_attr(source, name)
+        old = getattr(smod, attr)
         data = old.data
-        for axis, pos in cuts:
-            data = data.index_select(axis, torch.as_tensor(pos, device=data.device))
+        index = {axis: torch.as_tensor(pos, device=data.device) for axis, pos in cuts}
+        if data.ndim == 2 and len(index) == 2:
+            data = data[index[0][:, None], index[1]]  # (rows kept, columns kept), gathered at once
+        else:
+            for axis, idx in index.items():
+                data = data.index_select(axis, idx)
         data = data.contiguous()
         if isinstance(old, nn.Parameter):
             new = nn.Parameter(data, requires_grad=old.requires_grad)
@@ -124,14 +138,27 @@ def slice_tensors(model: nn.Module, positions: Mapping[tuple[str, int], np.ndarr
                 amod, aattr = owner_and_attr(model, alias)
                 setattr(amod, aattr, new)
         else:
-            mod._buffers[attr] = data
+            owner_and_attr(model, name)[0]._buffers[attr] = data
         shapes[name] = list(data.shape)
     return shapes
 
 
-def copy_model(model: nn.Module) -> nn.Module:
-    """A deep copy; the input model is never modified."""
-    return copy.deepcopy(model)
+def copy_unsliced(pruned: nn.Module, model: nn.Module, sliced: set[str]) -> None:
+    """Give ``pruned`` (a :func:`~depgraph.tracer.meta_copy` of ``model``) copies of every tensor not in ``sliced``.
+
+    ``sliced`` names every alias of a sliced tensor.  Tied parameters stay tied.
+    """
+    clones: dict[int, torch.Tensor] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if name not in sliced:
+            if id(p) not in clones:
+                clones[id(p)] = nn.Parameter(p.data.clone(), requires_grad=p.requires_grad)
+            mod, attr = owner_and_attr(pruned, name)
+            setattr(mod, attr, clones[id(p)])
+    for name, b in model.named_buffers(remove_duplicate=False):
+        if name not in sliced:
+            mod, attr = owner_and_attr(pruned, name)
+            mod._buffers[attr] = clones.setdefault(id(b), b.clone())
 
 
 def new_factor_sizes(groups: Sequence[Group], keep: Mapping[str, np.ndarray], factor_by_key: Mapping) -> dict:
@@ -164,8 +191,13 @@ def execute(model: nn.Module, trace, groups: Sequence[Group], keep: Mapping[str,
     """
     kept = validate_keep(groups, keep)
     positions = kept_positions(groups, kept)
-    pruned = model if inplace else copy_model(model)
-    shapes = slice_tensors(pruned, positions, trace.aliases)
+    if inplace:
+        pruned = model
+        shapes = slice_tensors(pruned, positions, trace.aliases)
+    else:  # the structure copied without its weights, then filled: never a second full copy of them
+        pruned = meta_copy(model)
+        shapes = slice_tensors(pruned, positions, trace.aliases, source=model)
+        copy_unsliced(pruned, model, {alias for n in shapes for alias in trace.aliases.get(n, [n])})
     fixed = apply_shape_adapters(pruned, [alias for n in shapes for alias in trace.aliases.get(n, [n])])
     factor_by_key = {term_key(f): f for info in trace.params.values() for t in info.axes for f in _factors(t)}
     new_size = new_factor_sizes(groups, kept, factor_by_key)

@@ -24,6 +24,7 @@ failure of either tool is a row, never a crash of the benchmark.
     python benchmarks/compare_torch_pruning.py            # every row (about 15 minutes on 2 cores)
     python benchmarks/compare_torch_pruning.py --models stories260K --targets 0.35 0.66
     python benchmarks/compare_torch_pruning.py --report   # compare_torch_pruning.md and .png from the JSON
+    python benchmarks/compare_torch_pruning.py --fresh    # measure again every row already in the JSON
 
 Results go to ``benchmarks/results/compare_torch_pruning.json`` as each model finishes (rows
 already there are skipped: an interrupted run resumes); ``--report`` rewrites the markdown and plot.
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -41,6 +43,7 @@ import sys
 import tempfile
 import time
 import venv
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -55,6 +58,7 @@ MODELS = {name: SHARED / "models" / name for name in
 TARGETS = (0.2, 0.35, 0.5, 0.66)
 CALIBRATION = {"samples": 64, "seq_len": 128, "seed": 0}
 EVAL = {"seq_len": 512, "max_tokens": 32_768}
+RECOVERY_WORKERS = 2  # recoveries run side by side (nothing in them is timed against the peer)
 TIMEOUT = 60  # seconds for one Torch-Pruning job that may never finish (its head grouping)
 HIDDEN_MLP = ["hidden_channel", "mlp_channel"]
 
@@ -275,10 +279,13 @@ def model_rows(name: str, source: Path, runs: list[tuple[float, str]], work: Pat
         for row in rows:
             row.update(scores.get(Path(row["dir"]).name, {}))
         if recover_steps:
-            for row in rows[1:]:
-                if row["ok"] and row["reloads"] != "no" and row["config"] in CONFIGS:
-                    print(f"{name} {row['target']:.0%} {row['config']}: recovery", flush=True)
-                    rec = recover_and_evaluate(Path(row["dir"]), recover_steps)
+            todo = [r for r in rows[1:] if r["ok"] and r["reloads"] != "no" and r["config"] in CONFIGS]
+            print(f"{name}: recovery of {len(todo)} models, {RECOVERY_WORKERS} at a time", flush=True)
+            spawn = multiprocessing.get_context("spawn")  # untimed work: one process per core, one thread each
+            with ProcessPoolExecutor(RECOVERY_WORKERS, mp_context=spawn, initializer=torch.set_num_threads,
+                                     initargs=(1,)) as pool:
+                done = pool.map(recover_and_evaluate, [Path(r["dir"]) for r in todo], [recover_steps] * len(todo))
+                for row, rec in zip(todo, done):
                     row["recovered"] = {"steps": recover_steps, **rec}
     for row in rows:
         del row["dir"]  # a temporary directory
@@ -422,6 +429,7 @@ def main() -> None:
     ap.add_argument("--zoo", nargs="*", default=list(ZOO), choices=sorted(ZOO), help="tiny random architectures")
     ap.add_argument("--recover-steps", type=int, default=100, help="LoRA steps after pruning, on stories260K (0: none)")
     ap.add_argument("--report", action="store_true", help="only rewrite the markdown and plot from the JSON")
+    ap.add_argument("--fresh", action="store_true", help="measure every row again (default: keep the rows already there)")
     args = ap.parse_args()
     path = RESULTS / "compare_torch_pruning.json"
     if args.report:
@@ -435,6 +443,8 @@ def main() -> None:
     data = json.loads(path.read_text()) if path.exists() else {"rows": []}
     data.update(machine=f"{datetime.now(UTC):%Y-%m-%d}, {platform.machine()}, {torch.get_num_threads()} thread",
                 peer=peer_versions(python), depprune={"torch": torch.__version__, "transformers": transformers.__version__})
+    if args.fresh:
+        data["rows"] = []
     have = {(r["model"], r["config"], r["target"]) for r in data["rows"]}
     with tempfile.TemporaryDirectory() as tmp:
         todo = [(m, MODELS[m], False) for m in args.models] + [(z, None, True) for z in args.zoo]

@@ -4,9 +4,9 @@
     python benchmarks/reproduce.py --only compare_torch_pruning prune_cost
 
 Each benchmark runs as its own process, one after the other (they time things: nothing else
-should run beside them), and writes its JSON and markdown to ``benchmarks/results/``;
-``compare_torch_pruning`` and ``pruned_speed`` keep the rows already there (remove the JSON to
-measure again).  The time each took is printed at the end.
+should run beside them), and measures every row again, writing its JSON and markdown to
+``benchmarks/results/`` (``pruned_speed`` keeps rows of other devices, e.g. GPU rows from another
+machine).  The time each took is printed at the end.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = {  # script -> its arguments for the committed tables
-    "compare_torch_pruning": [],
+    "compare_torch_pruning": ["--fresh"],
     "prune_cost": [],
     "pruned_speed": [],
     "trace_meta": ["--repeat", "1"],

@@ -6,6 +6,7 @@ The steps are also public on their own: :func:`analyze` (trace and groups), :fun
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,26 +66,52 @@ def member_scores(
     The estimator is ``config.importance`` with ``config.importance_options``, seeded by
     ``config.seed``.  Calibration ``samples`` feed estimators that need signals (collected
     here by :func:`group_signals`, unless already collected ones are passed as ``signals``).
+    An estimator whose rows are ``member_wise`` and that needs only gradients scores each
+    decoder layer's members as soon as that layer's gradients are complete, and drops them
+    (:mod:`pruners.importance.layerwise`): the gradients of the whole model are never held.
     """
     estimator = make_estimator(config.importance, **config.importance_options)
     needs = needs_of(estimator)
-    if needs and signals is None:
-        signals = group_signals(model, groups, needs, samples, progress)
     ctx = ScoringContext.for_model(model, config.seed, signals)
-    return {
-        g.id: estimator.score(g, ctx)
-        for g in tqdm(groups, desc=f"scoring ({config.importance})", disable=not progress, leave=False)
-    }
+    rows: dict[str, list[torch.Tensor | None]] = {g.id: [None] * len(g.members) for g in groups}
+    if needs and signals is None:
+        where: dict[str, list[tuple[Group, int]]] = {}
+        for g in groups:
+            for i, m in enumerate(g.members):
+                where.setdefault(m.param, []).append((g, i))
+
+        def on_layer(names: list[str]) -> None:  # score these weights' members now, then drop their gradients
+            for name in names:
+                for g, i in where.get(name, ()):
+                    rows[g.id][i] = estimator.score(dataclasses.replace(g, members=[g.members[i]]), ctx)[0]
+                ctx.signals.grad.pop(name, None)
+
+        member_wise = getattr(estimator, "member_wise", False)
+        group_signals(model, groups, needs, samples, progress, on_layer if member_wise else None, ctx.signals)
+    out = {}
+    for g in tqdm(groups, desc=f"scoring ({config.importance})", disable=not progress, leave=False):
+        missing = [i for i, r in enumerate(rows[g.id]) if r is None]
+        if len(missing) == len(g.members):
+            out[g.id] = estimator.score(g, ctx)
+            continue
+        for i in missing:
+            rows[g.id][i] = estimator.score(dataclasses.replace(g, members=[g.members[i]]), ctx)[0]
+        out[g.id] = torch.stack(rows[g.id])
+    return out
 
 
 def group_signals(
-    model: nn.Module, groups: list[Group], needs: frozenset[str], samples: list[torch.Tensor] | None, progress: bool = True
+    model: nn.Module, groups: list[Group], needs: frozenset[str], samples: list[torch.Tensor] | None, progress: bool = True,
+    on_layer=None, into: Signals | None = None,
 ) -> Signals:
-    """The calibration signals ``needs`` names, for the weights of ``groups`` only (no gradients for others)."""
+    """The calibration signals ``needs`` names, for the weights of ``groups`` only (no gradients for others).
+
+    ``on_layer`` and ``into``: see :func:`pruners.importance.signals.collect_signals`.
+    """
     if not samples:
         raise UsageError(f"reading {', '.join(sorted(needs))} needs calibration samples (CLI: --calibration FILE)")
     scored = {m.param for g in groups for m in g.members}
-    return collect_signals(model, samples, needs, progress, params=scored)
+    return collect_signals(model, samples, needs, progress, params=scored, on_layer=on_layer, into=into)
 
 
 def score_groups(

@@ -81,7 +81,12 @@ class ScoringContext:
 
 class Estimator(Protocol):
     """Scores units of a group.  ``needs`` names the calibration signals it reads
-    (``"grad"``, ``"fisher"``, ``"activations"``); leave it empty for data-free estimators."""
+    (``"grad"``, ``"fisher"``, ``"activations"``); leave it empty for data-free estimators.
+
+    An estimator may also set ``member_wise = True`` when each row of its scores depends on that
+    member alone (its weight and signals), as every :func:`unit_sums` estimator's does: members
+    may then be scored as their gradients complete, one decoder layer at a time, in one-member groups.
+    """
 
     needs: frozenset[str]
 

@@ -13,12 +13,14 @@ half-precision gradients are not shrunk towards underflow by ``1 / n_samples``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from .layerwise import layerwise_gradients
 
 SIGNALS = frozenset({"grad", "fisher", "activations"})
 
@@ -74,6 +76,8 @@ def collect_signals(
     needs: Iterable[str],
     progress: bool = True,
     params: Iterable[str] | None = None,
+    on_layer: Callable[[list[str]], None] | None = None,
+    into: Signals | None = None,
 ) -> Signals:
     """Run the calibration samples through ``model`` and gather what ``needs`` asks for.
 
@@ -84,12 +88,18 @@ def collect_signals(
     zero input statistics: every wanted weight has its signals, so a missing one is never
     mistaken for "not applicable".  ``model`` is left as it was: gradients are cleared and
     hooks removed afterwards.
+
+    With ``on_layer``, when only ``"grad"`` is needed and the decoder layers form a plain chain,
+    gradients are taken one layer at a time (:mod:`.layerwise`): ``on_layer(names)`` is called
+    as soon as those weights' mean gradients are complete in ``into.grad`` (``into``: the
+    :class:`Signals` to fill, a new one by default), and may score and drop them; the other
+    weights' gradients are there when this returns.
     """
     needs = set(needs)
     unknown = needs - SIGNALS
     if unknown:
         raise ValueError(f"unknown signals {sorted(unknown)}; known: {sorted(SIGNALS)}")
-    sig = Signals()
+    sig = Signals() if into is None else into
     if not needs or not samples:
         return sig
     all_params = dict(model.named_parameters())
@@ -106,8 +116,19 @@ def collect_signals(
     for n, p in all_params.items():
         p.requires_grad_(wants_grad and n in wanted)
         p.grad = None
+    handed: set[str] = set()
+
+    def hand(names: list[str]) -> None:
+        handed.update(names)
+        on_layer(names)
+
+    layerwise = False
     try:
-        _run_samples(model, samples, wants_grad, progress)
+        if on_layer is not None and needs == {"grad"}:
+            why = layerwise_gradients(model, samples, {n: all_params[n] for n in wanted}, sig.grad, hand, progress)
+            layerwise = why is None
+        if not layerwise:
+            _run_samples(model, samples, wants_grad, progress)
     finally:
         for h in hooks:
             h.remove()
@@ -115,10 +136,11 @@ def collect_signals(
             p.grad = None
             p.requires_grad_(saved[n])
         model.train(was_training)
-    _fill_missing(sig, {n: all_params[n] for n in wanted}, needs)
-    for acc in (sig.grad, sig.fisher):  # sums over samples -> means
-        for g in acc.values():
-            g.div_(len(samples))
+    _fill_missing(sig, {n: all_params[n] for n in wanted if n not in handed}, needs)
+    if not layerwise:  # (layer by layer, the means are taken as each gradient is complete)
+        for acc in (sig.grad, sig.fisher):  # sums over samples -> means
+            for g in acc.values():
+                g.div_(len(samples))
     return sig
 
 

@@ -46,6 +46,7 @@ def _fisher(ctx: ScoringContext, name: str, w: torch.Tensor) -> torch.Tensor | N
 
 class _Taylor:
     needs: ClassVar[frozenset[str]] = frozenset({"grad"})
+    member_wise: ClassVar[bool] = True  # each member's row reads that member's weight and signals only
 
     def __init__(self, config: TaylorConfig):
         self.config = config

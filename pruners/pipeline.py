@@ -170,12 +170,15 @@ def prune(
     samples: list[torch.Tensor] | None = None,
     inplace: bool = False,
 ) -> PruneResult:
-    """Prune a copy of ``model`` as ``config`` says; ``model`` itself is never modified, unless ``inplace``.
+    """Prune ``model`` as ``config`` says into a new model; ``model`` itself is never modified, unless ``inplace``.
 
-    With ``inplace=True`` the given model is sliced and returned as ``result.model``: no copy is
-    made, so the peak memory is about one model instead of two (for a model nothing else needs
-    afterwards).  An error raised after slicing has begun may leave it partly pruned.  Rounds
-    after the first always slice the previous round's model in place: it is the run's own.
+    The new model holds only the kept weights (built from a weightless copy), so the peak memory
+    is the source plus the pruned model.  With ``inplace=True`` the given model is sliced and
+    returned as ``result.model``: each tensor is replaced by its slice, and the old one freed when
+    nothing else holds it (transformers keeps a model loaded from safetensors mapped to its file
+    until the model is dropped, so there it saves nothing).  An error raised after slicing has
+    begun may leave it partly pruned.  Rounds after the first always slice the previous round's
+    model in place: it is the run's own.
 
     ``analysis`` may pass a ``(trace, groups)`` pair from :func:`analyze` of a model with the
     same structure (e.g. its meta copy) to skip tracing again.  ``tokenizer`` is needed when

@@ -21,7 +21,7 @@ stories260K the same rows are measured again after ``--recover-steps`` steps of 
 perplexity function).  Tiny random models of more architectures give "does it run" rows.  A
 failure of either tool is a row, never a crash of the benchmark.
 
-    python benchmarks/compare_torch_pruning.py            # every row (about 15 minutes on 2 cores)
+    python benchmarks/compare_torch_pruning.py            # every row (about 11 minutes on 2 cores)
     python benchmarks/compare_torch_pruning.py --models stories260K --targets 0.35 0.66
     python benchmarks/compare_torch_pruning.py --report   # compare_torch_pruning.md and .png from the JSON
     python benchmarks/compare_torch_pruning.py --fresh    # measure again every row already in the JSON

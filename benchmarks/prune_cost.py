@@ -19,7 +19,7 @@ its decoder layers each export held (repeated layers are traced once: ``depgraph
 It also measures how trace + groups and scoring grow with the number of layers (4 to 32) at a
 fixed width (hidden 1024), each size in its own process.
 
-    python benchmarks/prune_cost.py              # about 8 minutes on 2 cores, 20 GB of RAM
+    python benchmarks/prune_cost.py              # about 6 minutes on 2 cores, 20 GB of RAM
     python benchmarks/prune_cost.py --growth-only
     python benchmarks/prune_cost.py --report
 

@@ -27,6 +27,13 @@ def test_inspect_json_lists_groups_and_params(capsys):
     assert report["params"] == 260032
     kinds = {(g["kind"], g["layer"], g["units"]) for g in report["groups"]}
     assert ("kv_group", 0, 4) in kinds and ("mlp_channel", 4, 172) in kinds and ("hidden_channel", None, 64) in kinds
+    assert report["layers"] == {"stack": "model.layers", "count": 5, "exported": 2}  # three replicated
+
+
+def test_inspect_text_says_which_layers_were_exported(capsys):
+    code, out, _ = run_cli(capsys, "inspect", "--model", str(STORIES))
+    assert code == 0
+    assert "decoder layers: 5 in model.layers, 2 exported, 3 replicated from them" in out
 
 
 def test_inspect_config_only_directory_is_traced_on_meta(tmp_path, capsys):

@@ -45,7 +45,10 @@ def test_layer_by_layer_scores_equal_whole_model_scores(arch, importance, monkey
     got = member_scores(model, groups, config, SAMPLES, progress=False)
     assert got.keys() == want.keys()
     for gid in want:
-        torch.testing.assert_close(got[gid], want[gid], rtol=1e-4, atol=1e-9, equal_nan=True, msg=gid)
+        # float rounding of batched matrix products; a signed (vector) sum can cancel to near zero, so the
+        # absolute tolerance follows the group's largest score
+        scale = float(want[gid].nan_to_num().abs().max())
+        torch.testing.assert_close(got[gid], want[gid], rtol=1e-4, atol=1e-5 * scale, equal_nan=True, msg=gid)
     assert all(p.grad is None for p in model.parameters())
 
 

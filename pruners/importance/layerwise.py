@@ -16,8 +16,10 @@ decoder layers form a plain chain (:func:`chain_problem`):
 3. what precedes the stack (the embeddings) gets its gradient from the first layer's input
    gradient, with one more forward pass that stops at the first layer.
 
-Memory: weights + one layer's gradients + the kept layer inputs (``samples x T x hidden`` per
-layer) + one layer's activations.  The sums are the ordinary ones, up to float rounding.
+Samples of one length run side by side, :data:`BATCH_TOKENS` tokens at a time (larger matrix
+products: a quarter to a third faster on CPU than one sample at a time).  Memory: weights + one
+layer's gradients + the kept layer inputs (``samples x T x hidden`` per layer) + one layer's
+activations of one micro-batch.  The sums are the ordinary ones, up to float rounding.
 """
 
 from __future__ import annotations
@@ -81,7 +83,28 @@ def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 
 def _loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(logits[0, :-1].float(), ids[0, 1:])
+    """The sum over the batch of each sample's mean next-token loss: its gradient is the sum of the samples'."""
+    per_token = nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")  # (b, T-1)
+    return per_token.mean(dim=1).sum()
+
+
+BATCH_TOKENS = 512  # calibration tokens run side by side (larger matrix products; one layer's activations of them at a time)
+
+
+def micro_batches(samples: Sequence[torch.Tensor], tokens: int = BATCH_TOKENS) -> list[torch.Tensor]:
+    """Consecutive samples of one length stacked into ``(b, T)`` batches of at most ``tokens`` tokens (one sample at least).
+
+    >>> [tuple(b.shape) for b in micro_batches([torch.zeros(1, 128)] * 5 + [torch.zeros(1, 64)])]
+    [(4, 128), (1, 128), (1, 64)]
+    """
+    out: list[list[torch.Tensor]] = []
+    for ids in samples:
+        last = out[-1] if out else None
+        if last and last[0].shape[1] == ids.shape[1] and (len(last) + 1) * ids.shape[1] <= tokens:
+            last.append(ids)
+        else:
+            out.append([ids])
+    return [torch.cat(group) for group in out]
 
 
 def chain_problem(model: nn.Module, layers: nn.ModuleList, wanted: dict[str, nn.Parameter], probe: torch.Tensor) -> str | None:
@@ -159,13 +182,14 @@ def layerwise_gradients(
     if problem is not None:
         return problem
     n_layers, n = len(layers), len(samples)
-    kept: list[list[tuple]] = [[] for _ in range(n_layers)]  # per layer, per sample: (hidden, rebuild)
+    batches = micro_batches(samples)  # (b, T) each: samples of one length, side by side
+    kept: list[list[tuple]] = [[] for _ in range(n_layers)]  # per layer, per batch: (hidden, rebuild)
     leaf: list[torch.Tensor] = []
 
     def keep(index: int):
         def pre(mod, args, kwargs):
             h, rebuild = _hidden_in(args, kwargs)
-            kept[index].append((h.detach().clone(), rebuild))  # (1, T, hidden); the other inputs by reference
+            kept[index].append((h.detach().clone(), rebuild))  # (b, T, hidden); the other inputs by reference
 
         return pre
 
@@ -179,18 +203,18 @@ def layerwise_gradients(
     hooks.append(layers[-1].register_forward_hook(cut, with_kwargs=True))
     upstream: list[torch.Tensor] = []
     try:
-        for ids in tqdm(samples, desc="calibration (forward)", disable=not progress, leave=False):
+        for ids in tqdm(batches, desc="calibration (forward)", disable=not progress, leave=False):
             with torch.no_grad():
                 loss = _loss(_logits(model, ids), ids)
             loss.backward()  # the LM head and final norm; the gradient of the last layer's output
-            upstream.append(leaf.pop().grad)  # (1, T, hidden)
+            upstream.append(leaf.pop().grad)  # (b, T, hidden)
     finally:
         for h in hooks:
             h.remove()
     names = {id(p): n for n, p in wanted.items()}
     for i in tqdm(range(n_layers - 1, -1, -1), desc="calibration (layers)", disable=not progress, leave=False):
         layer = layers[i]
-        for s in range(n):
+        for s in range(len(batches)):
             hidden, rebuild = kept[i][s]
             kept[i][s] = None
             hidden.requires_grad_(True)
@@ -208,7 +232,7 @@ def layerwise_gradients(
         on_layer(done)
     inside = {id(p) for p in layers.parameters()}
     if any(id(p) not in inside for p in wanted.values()):
-        _before_stack(model, layers[0], samples, upstream)
+        _before_stack(model, layers[0], batches, upstream)
     for name, p in wanted.items():
         if id(p) not in inside and name in grads:
             grads[name].div_(n)

@@ -392,10 +392,7 @@ def breakdown(results: dict) -> list[str]:
     r, act = results["estimators"].get(TARGET_ESTIMATOR), results.get("activations", {})
     if r is None or "error" in r or "error" in act or not act:
         return []
-    from pruners.importance.layerwise import BATCH_TOKENS
-
     w = r["weight_bytes"]
-    batch = max(1, min(r["n_samples"], BATCH_TOKENS // results["seq_len"]))  # samples side by side (layerwise)
     if r.get("layerwise"):
         parts = [
             ("weights (fp32)", 1.0),
@@ -403,9 +400,10 @@ def breakdown(results: dict) -> list[str]:
              r["largest_layer_scored_bytes"] / w),
             (f"every layer's input kept per sample ({r['n_samples']} x {results['seq_len']} tokens x hidden x "
              f"{r['layers']} layers, fp32)", r["kept_inputs_bytes"] / w),
-            (f"activations autograd saves for one layer of one micro-batch ({batch} samples of {results['seq_len']} "
-             "tokens), and its logits (measured for one sample in a separate process: the whole model's / layers, "
-             "times the samples)", batch * (act["saved_activation_bytes"] / r["layers"] + act["logits_bytes"]) / w),
+            (f"activations autograd saves for one layer of one {results['seq_len']}-token sample, and its logits "
+             "(measured in a separate process: the whole model's / layers); the samples run side by side in "
+             "micro-batches, so the peak holds a few times this", (act["saved_activation_bytes"] / r["layers"]
+                                                                  + act["logits_bytes"]) / w),
         ]
     else:
         parts = [

@@ -177,7 +177,7 @@ class _Replicator:
     """Where each factor of a truncated trace lives: outside the stack (global) or in one traced layer."""
 
     def __init__(self, tr, prefix: str, k: int):
-        self.tr, self.prefix, self.k = tr, prefix, k
+        self.tr, self.prefix = tr, prefix
         self.glob: set[Factor] = set()
         self.local: list[set[Factor]] = [set() for _ in range(k)]
         self.cross = False

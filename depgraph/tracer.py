@@ -196,7 +196,8 @@ def trace(model: nn.Module, batch: int = 2, seq: int = 7, repeats: bool = True) 
     found = layer_stack(model) if repeats else None
     if found is not None:
         path, layers = found
-        shared = any(layer_of_stack(n, path) for names in tied_aliases(model).values() if len(names) > 1 for n in names)
+        tied = [n for names in tied_aliases(model).values() if len(names) > 1 for n in names]
+        shared = any(n.startswith(f"{path}.") for n in tied)  # layers sharing weights are not copies
         signatures = layer_signatures(layers)
         k = traced_prefix(signatures)
         if not shared and k < len(layers):
@@ -204,11 +205,6 @@ def trace(model: nn.Module, batch: int = 2, seq: int = 7, repeats: bool = True) 
             if replicated is not None:
                 return replicated
     return trace_all(model, batch, seq)
-
-
-def layer_of_stack(name: str, path: str) -> bool:
-    """Is parameter ``name`` inside the layer stack at ``path``?"""
-    return name.startswith(f"{path}.")
 
 
 def trace_all(model: nn.Module, batch: int = 2, seq: int = 7) -> Trace:

@@ -110,6 +110,26 @@ def test_flap(setup):
     assert np.allclose(scores(model, group, "flap"), expect, rtol=1e-5, atol=1e-12, equal_nan=True)
 
 
+@pytest.mark.parametrize("name", ["taylor-vector", "taylor-element", "taylor-second", "taylor-mix", "wanda-sp", "flap", "l1", "l2"])
+def test_scores_summed_in_blocks_equal_scores_summed_whole(setup, name, monkeypatch):
+    """Blocks of 2 slices (the weights are 4 and 5 wide): the estimator's products are taken a block at a time."""
+    model, group, *_ = setup
+    whole = scores(model, group, name)
+    monkeypatch.setattr("pruners.importance.registry._BLOCK", 2)
+    assert np.allclose(scores(model, group, name), whole, rtol=1e-6, atol=1e-12, equal_nan=True)
+
+
+def test_values_as_a_tuple_need_a_blockwise_function_and_one_shape(setup):
+    from pruners.importance import unit_sums
+
+    model, group, *_ = setup
+    ctx = ScoringContext.for_model(model, 0, None)
+    with pytest.raises(ValueError, match="blockwise function and one shape"):
+        unit_sums(group, ctx, lambda name, axis, w: (w, w))
+    with pytest.raises(ValueError, match=r"\[\(5, 4\), \(4, 5\)\]"):
+        unit_sums(group, ctx, lambda name, axis, w: (w, w.T), blockwise=torch.mul)
+
+
 @pytest.mark.parametrize("name", ["wanda-sp", "flap"])
 @pytest.mark.parametrize("aggregation", ["sum", "mean", "max", "prod", "last"])
 def test_unscored_members_are_left_out_of_the_aggregation(setup, name, aggregation):

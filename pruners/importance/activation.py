@@ -28,7 +28,10 @@ class ActivationConfig(BaseModel):
 
 
 def _along_input(ctx: ScoringContext, name: str, axis: int, stat: torch.Tensor | None, w: torch.Tensor):
-    """``stat`` (per input feature) shaped to broadcast against ``w``, or None if ``axis`` is not the input axis."""
+    """``stat`` (per input feature) shaped to broadcast against ``w``, or None if ``axis`` is not the input axis.
+
+    (Expanded to ``w``'s shape, a view, it is cut into the same blocks as ``w`` by :func:`unit_sums`.)
+    """
     if stat is None or ctx.signals.input_axis.get(name) != axis:
         return None
     shape = [1] * w.ndim
@@ -48,9 +51,9 @@ class WandaSP:
     def score(self, group: Group, ctx: ScoringContext) -> torch.Tensor:
         def values(name, axis, w):
             norm = _along_input(ctx, name, axis, ctx.signals.act_norm(name), w)
-            return None if norm is None else w.abs().mul_(norm)
+            return None if norm is None else (w, norm.expand_as(w))
 
-        return unit_sums(group, ctx, values)
+        return unit_sums(group, ctx, values, blockwise=lambda w, norm: w.abs().mul_(norm))
 
 
 @register_estimator("flap", config=ActivationConfig)
@@ -65,6 +68,6 @@ class Flap:
     def score(self, group: Group, ctx: ScoringContext) -> torch.Tensor:
         def values(name, axis, w):
             var = _along_input(ctx, name, axis, ctx.signals.act_var(name), w)
-            return None if var is None else (w * w).mul_(var)
+            return None if var is None else (w, var.expand_as(w))
 
-        return unit_sums(group, ctx, values)
+        return unit_sums(group, ctx, values, blockwise=lambda w, var: (w * w).mul_(var))

@@ -325,9 +325,9 @@ def member_reduce(group: Group, ctx: ScoringContext, elementwise: Callable[[torc
 def unit_sums(
     group: Group,
     ctx: ScoringContext,
-    values: Callable[[str, int, torch.Tensor], torch.Tensor | None],
+    values: Callable[[str, int, torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...] | None],
     post: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    blockwise: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    blockwise: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Sum ``values(name, axis, W)`` over each unit's slice of each member, then apply ``post``.
 
@@ -336,13 +336,16 @@ def unit_sums(
     that precision, or ``None`` when the estimator does not apply to the member (e.g. an
     activation criterion and a member whose pruned axis is not an input axis): that row is
     NaN, and aggregation leaves it out.  ``blockwise``, an elementwise function, is applied to
-    each block of the values just before it is summed.  Each position's sum is taken in blocks
-    in ``W``'s precision and accumulated in fp64, as are the units' (:func:`_sum_except`).  A
-    member without weights (not in the model, or on the meta device) raises, naming it.
+    each block of the values just before it is summed; ``values`` may then return a tuple of
+    tensors shaped like ``W`` (e.g. the weight and its gradient), and ``blockwise`` gets their
+    blocks as its arguments (``lambda w, g: (w * g).abs_()``).  Each position's sum is taken in
+    blocks in the values' precision and accumulated in fp64, as are the units'
+    (:func:`_sum_except`).  A member without weights (not in the model, or on the meta device)
+    raises, naming it.
 
     Memory: a member costs ``values``' own temporaries (about one weight-sized tensor when
-    it works in place; none when it returns ``W`` and ``blockwise`` does the work) plus one
-    block and one vector per position, never an upcast copy of the weight.
+    it works in place; none when it returns ``W``, or ``W`` and a signal, and ``blockwise`` does
+    the work) plus one block and one vector per position, never an upcast copy of the weight.
     """
     rows = []
     for m in group.members:
@@ -365,14 +368,17 @@ def unit_sums(
 _BLOCK = 1024  # slices of the longest summed dim added up together in the weight's precision (see _sum_except)
 
 
-def _sum_except(vals: torch.Tensor, axis: int, blockwise: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """Sum of ``blockwise(vals)`` (``vals`` when ``None``) over every dim but ``axis``, as fp64.
+def _sum_except(
+    vals: torch.Tensor | tuple[torch.Tensor, ...], axis: int, blockwise: Callable[..., torch.Tensor] | None = None
+) -> torch.Tensor:
+    """Sum of ``blockwise(*vals)`` (``vals`` when ``None``) over every dim but ``axis``, as fp64.
 
-    Blocks of at most :data:`_BLOCK` slices along the longest summed dim are summed in ``vals``'
-    own precision (torch sums pairwise: relative error about ``log2(n)`` ulps, the same order as
-    the rounding of the elementwise values themselves), and the blocks in fp64.  No upcast copy
-    of ``vals`` is made, and it runs at the speed of an fp32 sum (fp64 accumulation over whole
-    weights costs ten times as much).
+    ``vals`` is one tensor or, with ``blockwise``, a tuple of tensors of one shape, cut into the
+    same blocks.  Blocks of at most :data:`_BLOCK` slices along the longest summed dim are
+    summed in their own precision (torch sums pairwise: relative error about ``log2(n)`` ulps,
+    the same order as the rounding of the elementwise values themselves), and the blocks in
+    fp64.  No upcast copy and no elementwise result the size of ``vals`` is made, and it runs at
+    the speed of an fp32 sum (fp64 accumulation over whole weights costs ten times as much).
 
     >>> v = torch.ones(3, 2500)
     >>> _sum_except(v, 0)
@@ -381,17 +387,22 @@ def _sum_except(vals: torch.Tensor, axis: int, blockwise: Callable[[torch.Tensor
     torch.Size([2500])
     >>> _sum_except(torch.tensor([[1.0, -2.0], [3.0, 4.0]]), 0, torch.square)
     tensor([ 5., 25.], dtype=torch.float64)
+    >>> _sum_except((torch.tensor([[1.0, -2.0]]), torch.tensor([[3.0, 4.0]])), 0, lambda w, g: (w * g).abs_())
+    tensor([11.], dtype=torch.float64)
     """
-    dims = [d for d in range(vals.ndim) if d != axis]
-    if blockwise is not None and (not dims or vals.numel() == 0):
-        vals = blockwise(vals)
-    if not dims or vals.numel() == 0:
-        return vals.sum(dim=dims, dtype=torch.float64) if dims else vals.to(torch.float64)
-    longest = max(dims, key=lambda d: vals.shape[d])
-    out = torch.zeros(vals.shape[axis], dtype=torch.float64, device=vals.device)
-    for block in vals.split(_BLOCK, dim=longest):
-        block = block if blockwise is None else blockwise(block)  # a block's temporary, not a weight's
-        out += block.sum(dim=dims)  # (axis size,) in vals' precision, accumulated in fp64
+    parts = vals if isinstance(vals, tuple) else (vals,)
+    if len(parts) > 1 and (blockwise is None or any(p.shape != parts[0].shape for p in parts)):
+        raise ValueError(f"values as a tuple need a blockwise function and one shape; got shapes {[tuple(p.shape) for p in parts]}")
+    first = parts[0]
+    dims = [d for d in range(first.ndim) if d != axis]
+    if not dims or first.numel() == 0:
+        whole = blockwise(*parts) if blockwise is not None else first
+        return whole.sum(dim=dims, dtype=torch.float64) if dims else whole.to(torch.float64)
+    longest = max(dims, key=lambda d: first.shape[d])
+    out = torch.zeros(first.shape[axis], dtype=torch.float64, device=first.device)
+    for blocks in zip(*(p.split(_BLOCK, dim=longest) for p in parts)):
+        block = blocks[0] if blockwise is None else blockwise(*blocks)  # a block's temporary, not a weight's
+        out += block.sum(dim=dims)  # (axis size,) in the block's precision, accumulated in fp64
     return out
 
 

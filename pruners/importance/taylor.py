@@ -30,8 +30,8 @@ class TaylorConfig(BaseModel):
 # Signals are fp32 (see :mod:`.signals`).  Where every summed term is non-negative, the
 # elementwise values are taken in the precision of ``w`` (at least fp32, see :func:`unit_sums`)
 # and summed in blocks in that precision, accumulated in fp64 (:func:`unit_sums`): no cancellation,
-# so the relative error stays ~1e-7, and in-place
-# ops keep each member's temporaries to about one weight-sized tensor.
+# so the relative error stays ~1e-7.  The products are taken a block at a time (``blockwise``):
+# a member's temporaries are one block's, not a weight's.
 
 
 def _grad(ctx: ScoringContext, name: str, w: torch.Tensor) -> torch.Tensor | None:
@@ -59,11 +59,11 @@ class TaylorVector(_Taylor):
     def score(self, group: Group, ctx: ScoringContext) -> torch.Tensor:
         def values(name, axis, w):
             g = ctx.signals.grad.get(name)
-            # signed terms cancel in the sum, so the products are taken exactly: in fp64
-            # (a product of two fp32 significands fits in fp64's), on a copy of w
-            return None if g is None else w.to(torch.float64, copy=True).mul_(g)
+            return None if g is None else (w, g)
 
-        return unit_sums(group, ctx, values, post=torch.abs)
+        # signed terms cancel in the sum, so the products are taken exactly: in fp64 (a product
+        # of two fp32 significands fits in fp64's), a block at a time
+        return unit_sums(group, ctx, values, post=torch.abs, blockwise=lambda w, g: w.to(torch.float64, copy=True).mul_(g))
 
 
 @register_estimator("taylor-element", config=TaylorConfig)
@@ -73,9 +73,9 @@ class TaylorElement(_Taylor):
     def score(self, group: Group, ctx: ScoringContext) -> torch.Tensor:
         def values(name, axis, w):
             g = _grad(ctx, name, w)
-            return None if g is None else (w * g).abs_()
+            return None if g is None else (w, g)
 
-        return unit_sums(group, ctx, values)
+        return unit_sums(group, ctx, values, blockwise=lambda w, g: (w * g).abs_())
 
 
 @register_estimator("taylor-second", config=TaylorConfig)
@@ -87,9 +87,9 @@ class TaylorSecond(_Taylor):
     def score(self, group: Group, ctx: ScoringContext) -> torch.Tensor:
         def values(name, axis, w):
             f = _fisher(ctx, name, w)
-            return None if f is None else (w * f).mul_(w).mul_(0.5)
+            return None if f is None else (w, f)
 
-        return unit_sums(group, ctx, values)
+        return unit_sums(group, ctx, values, blockwise=lambda w, f: (w * f).mul_(w).mul_(0.5))
 
 
 @register_estimator("taylor-mix", config=TaylorConfig)
@@ -101,9 +101,9 @@ class TaylorMix(_Taylor):
     def score(self, group: Group, ctx: ScoringContext) -> torch.Tensor:
         def values(name, axis, w):
             g, f = _grad(ctx, name, w), _fisher(ctx, name, w)
-            if g is None or f is None:
-                return None
-            second = (w * f).mul_(w).mul_(0.5)
-            return torch.mul(w, g).sub_(second).abs_()
+            return None if g is None or f is None else (w, g, f)
 
-        return unit_sums(group, ctx, values)
+        def mix(w, g, f):
+            return torch.mul(w, g).sub_((w * f).mul_(w).mul_(0.5)).abs_()
+
+        return unit_sums(group, ctx, values, blockwise=mix)

@@ -180,6 +180,32 @@ class CalibrationConfig(BaseModel):
     source: Path | None = Field(None, description="text file, or Alpaca-format .json/.jsonl file")
     samples: int = Field(10, strict=True, ge=1, description="number of calibration sequences")
     seq_len: int = Field(128, strict=True, ge=2, description="tokens per calibration sequence")
+    activation_memory: float | Literal["auto"] = Field(
+        "auto",
+        description="memory a gradient estimator scored layer by layer (taylor-element, taylor-vector) may keep "
+        "activations of the calibration forward pass in, as a multiple of the weight bytes, e.g. 0.5: the first "
+        "decoder layers whose activations fit are differentiated from that pass, the others run forward once "
+        "more (slower, no memory); 0: least memory; 'auto': up to the size of the pruned model a prune writes "
+        "(its peak memory is not raised), 0 when it prunes in place or only scores",
+    )
+
+    @field_validator("activation_memory", mode="before")
+    @classmethod
+    def _auto_or_multiple(cls, v: object) -> float | str:
+        """'auto', or a number >= 0 (a string of one too: a command-line value).
+
+        >>> CalibrationConfig(activation_memory="0.5").activation_memory
+        0.5
+        """
+        if v == "auto":
+            return v
+        try:
+            x = float(v) if not isinstance(v, bool) else None
+        except (TypeError, ValueError):
+            x = None
+        if x is None or not x >= 0:
+            raise ValueError(f"activation_memory {v!r} must be 'auto' or a multiple of the weight bytes >= 0, e.g. 0.5")
+        return x
 
 
 class PruneConfig(PlannerConfig):

@@ -7,6 +7,7 @@ The steps are also public on their own: :func:`analyze` (trace and groups), :fun
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -87,7 +88,8 @@ def member_scores(
                 ctx.signals.grad.pop(name, None)
 
         member_wise = getattr(estimator, "member_wise", False)
-        group_signals(model, groups, needs, samples, progress, on_layer if member_wise else None, ctx.signals)
+        group_signals(model, groups, needs, samples, progress, on_layer if member_wise else None, ctx.signals,
+                      activation_bytes(model, config.calibration.activation_memory))
     out = {}
     for g in tqdm(groups, desc=f"scoring ({config.importance})", disable=not progress, leave=False):
         missing = [i for i, r in enumerate(rows[g.id]) if r is None]
@@ -100,18 +102,30 @@ def member_scores(
     return out
 
 
+def activation_bytes(model: nn.Module, activation_memory: float | str) -> int:
+    """``CalibrationConfig.activation_memory`` in bytes: a multiple of ``model``'s weight bytes ('auto' here: 0).
+
+    >>> activation_bytes(nn.Linear(10, 10, bias=False), 0.5)  # 100 fp32 weights
+    200
+    """
+    if activation_memory == "auto":
+        return 0
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return int(min(activation_memory * weights, 2**62))
+
+
 def group_signals(
     model: nn.Module, groups: list[Group], needs: frozenset[str], samples: list[torch.Tensor] | None, progress: bool = True,
-    on_layer=None, into: Signals | None = None,
+    on_layer=None, into: Signals | None = None, keep_bytes: int = 0,
 ) -> Signals:
     """The calibration signals ``needs`` names, for the weights of ``groups`` only (no gradients for others).
 
-    ``on_layer`` and ``into``: see :func:`pruners.importance.signals.collect_signals`.
+    ``on_layer``, ``into`` and ``keep_bytes``: see :func:`pruners.importance.signals.collect_signals`.
     """
     if not samples:
         raise UsageError(f"reading {', '.join(sorted(needs))} needs calibration samples (CLI: --calibration FILE)")
     scored = {m.param for g in groups for m in g.members}
-    return collect_signals(model, samples, needs, progress, params=scored, on_layer=on_layer, into=into)
+    return collect_signals(model, samples, needs, progress, params=scored, on_layer=on_layer, into=into, keep_bytes=keep_bytes)
 
 
 def score_groups(
@@ -209,12 +223,16 @@ def _one_round(model: nn.Module, config: PruneConfig, progress: bool, analysis, 
     tr, groups = analysis if analysis is not None else analyze(model)
     before = count_params(model)
     chosen = select_groups(groups, config.kinds, config.layers)
-    probe = samples[0] if samples else probe_tokens(model)
-    if not config.allow_nonfinite:
+    probe = probe_tokens(model, sample=samples[0] if samples else None)
+    if not config.allow_nonfinite and inplace:  # before it is sliced; on a copy, only when something is refused
         check_finite_logits(model, probe, "the source model")
-    scores = score_groups(model, chosen, config, samples, progress)
-    if not config.allow_nonfinite:
-        check_finite_scores(scores, config.importance)
+    if config.calibration.activation_memory == "auto":  # as much as the pruned model will take (none in place)
+        kept = 0.0 if inplace else 1 - (config.ratio or check_feasible(groups, config, before).params_removed / before)
+        config = config.model_copy(update={"calibration": config.calibration.model_copy(update={"activation_memory": kept})})
+    with _blame_the_source(model, probe, inplace or config.allow_nonfinite):  # NaN signals: no member scored
+        scores = score_groups(model, chosen, config, samples, progress)
+        if not config.allow_nonfinite:
+            check_finite_scores(scores, config.importance)
     allowed = aligned_head_counts(groups, model) if config.align is not None else None
     plan = make_plan(groups, scores, config, before, allowed)
     pruned, record = execute(model, tr, groups, plan.keep, inplace=inplace)
@@ -222,8 +240,25 @@ def _one_round(model: nn.Module, config: PruneConfig, progress: bool, analysis, 
     if config.align is not None and not record.config:
         raise PlanError(unaligned(model, config))
     if not config.allow_nonfinite:
-        check_finite_logits(pruned, probe, "the pruned model")
+        with _blame_the_source(model, probe, inplace):
+            check_finite_logits(pruned, probe, "the pruned model")
     return PruneResult(pruned, record, plan, groups, before, count_params(pruned))
+
+
+@contextmanager
+def _blame_the_source(model: nn.Module, probe: torch.Tensor, checked: bool):
+    """A refusal raised inside names the source model instead when the source's own logits are non-finite.
+
+    The source is checked only then (a forward pass of the whole model saved on every prune that
+    goes through), unless it was ``checked`` before.  Refusals: :class:`NonFiniteError`, and the
+    :class:`UsageError` of a group no member of which is scored (NaN signals look like that).
+    """
+    try:
+        yield
+    except (NonFiniteError, UsageError):
+        if not checked:
+            check_finite_logits(model, probe, "the source model")
+        raise
 
 
 def chain_rounds(results: list[PruneResult]) -> PruneResult:
@@ -289,8 +324,17 @@ def check_finite_scores(scores: dict[str, np.ndarray], importance: str) -> None:
             )
 
 
-def probe_tokens(model: nn.Module, length: int = 16) -> torch.Tensor:
-    """A fixed ``(1, length)`` batch of token ids (seeded) for checking a model's logits (within its context)."""
+def probe_tokens(model: nn.Module, length: int = 16, sample: torch.Tensor | None = None) -> torch.Tensor:
+    """A fixed ``(1, length)`` batch of token ids for checking a model's logits (within its context).
+
+    The first ``length`` tokens of a calibration ``sample`` when one is given (real text; a
+    short probe, since each check is a forward pass of the whole model), else seeded random ids.
+
+    >>> probe_tokens(None, 4, sample=torch.arange(100).unsqueeze(0))
+    tensor([[0, 1, 2, 3]])
+    """
+    if sample is not None:
+        return sample[:, :length]  # (1, <= length)
     context = getattr(model.config, "max_position_embeddings", None)
     if isinstance(context, int):
         length = max(1, min(length, context))

@@ -34,12 +34,17 @@ def no_whole_model_pass(*args, **kwargs):
     raise AssertionError("the ordinary sample-by-sample backward ran: the layers were not taken one at a time")
 
 
-@pytest.mark.parametrize("importance", ["taylor-element", "taylor-vector"])
+def with_activation_memory(config, activation_memory):
+    return config.model_copy(update={"calibration": config.calibration.model_copy(update={"activation_memory": activation_memory})})
+
+
+@pytest.mark.parametrize(("importance", "activation_memory"), [("taylor-element", 0), ("taylor-vector", 0), ("taylor-element", 100.0)])
 @pytest.mark.parametrize("arch", list(ALL))
-def test_layer_by_layer_scores_equal_whole_model_scores(arch, importance, monkeypatch):
+def test_layer_by_layer_scores_equal_whole_model_scores(arch, importance, activation_memory, monkeypatch):
+    """Each layer run again from its kept input (0), or differentiated from the forward pass (100x the weights)."""
     model = ALL[arch].build(layers=3)
     groups = find_groups(trace(meta_copy(model)))
-    config = PruneConfig(ratio=0.2, importance=importance)
+    config = with_activation_memory(PruneConfig(ratio=0.2, importance=importance), activation_memory)
     want = whole_model_scores(model, groups, config)
     monkeypatch.setattr(signals_module, "_run_samples", no_whole_model_pass)
     got = member_scores(model, groups, config, SAMPLES, progress=False)
@@ -72,6 +77,60 @@ def test_at_most_one_layer_of_gradients_is_held():
     assert set(sig.grad) == {n for n in wanted if not n.startswith("model.layers.")}
 
 
+def saved_bytes_of_one_layer(model, ids):
+    """What autograd saves for decoder layer 0 on ``ids`` (parameters aside), counted independently of depprune."""
+    caught = []
+    hook = model.model.layers[0].register_forward_pre_hook(lambda m, a, k: caught.append((a, k)), with_kwargs=True)
+    with torch.no_grad():
+        model(ids, use_cache=False)
+    hook.remove()
+    args, kwargs = caught[0]
+    hidden = kwargs.pop("hidden_states", None)
+    hidden = (args[0] if hidden is None else hidden).detach().clone().requires_grad_(True)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.enable_grad():
+        model.model.layers[0](hidden, *args[1:], **kwargs)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize(("layers_in_budget", "run_again"), [(0, [0, 1, 2, 3]), (2.5, [2, 3]), (4.5, []), (1e6, [])])
+def test_layers_whose_activations_fit_are_differentiated_from_the_forward_pass(layers_in_budget, run_again):
+    """Budget in layers' worth of saved activations: the first layers that fit run once, the rest twice."""
+    model = tiny_llama(num_hidden_layers=4)
+    batch = torch.cat(SAMPLES)  # the samples run side by side: one micro-batch
+    budget = int(layers_in_budget * saved_bytes_of_one_layer(model, batch))
+    calls = [0] * 4
+    hooks = [layer.register_forward_pre_hook(lambda m, a, i=i: calls.__setitem__(i, calls[i] + 1))
+             for i, layer in enumerate(model.model.layers)]
+    want = collect_signals(model, SAMPLES, {"grad"}, progress=False).grad
+    calls[:] = [0] * 4
+    got = {}
+
+    def on_layer(names):
+        got.update({n: sig.grad.pop(n) for n in names})
+
+    sig = signals_module.Signals()
+    collect_signals(model, SAMPLES, {"grad"}, progress=False, on_layer=on_layer, into=sig, keep_bytes=budget)
+    for h in hooks:
+        h.remove()
+    got.update(sig.grad)
+    # one call of each layer in the chain check's probe, one in the forward pass, one more for each layer run
+    # again, and layer 0 one more: the embeddings' pass stops at its input
+    assert calls == [(3 if i in run_again else 2) + (i == 0) for i in range(4)]
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())
+    assert torch.is_grad_enabled()  # the forward pass's switches are undone
+
+
 class Averaged(nn.Module):
     """The logits read every layer's output (their mean): not a plain chain."""
 
@@ -102,3 +161,60 @@ def test_a_model_that_is_not_a_plain_chain_is_refused_and_scored_the_ordinary_wa
     assert calls == []
     for name in wanted:
         torch.testing.assert_close(got.grad[name], plain.grad[name])
+
+
+@pytest.mark.parametrize(
+    ("activation_memory", "inplace", "expected"),
+    [("auto", False, 0.75), ("auto", True, 0.0), (0.3, False, 0.3), (0.3, True, 0.3), (0, False, 0.0)],
+)
+def test_activation_memory_auto_is_the_pruned_models_size_in_a_prune_that_writes_one(
+    activation_memory, inplace, expected, monkeypatch
+):
+    from pruners import prune
+
+    model = tiny_llama(num_hidden_layers=2)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    seen = []
+    real = signals_module.layerwise_gradients
+
+    def recording(*args, **kwargs):
+        seen.append(args[-1] if len(args) == 7 else kwargs["keep_bytes"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(signals_module, "layerwise_gradients", recording)
+    config = with_activation_memory(PruneConfig(ratio=0.25, importance="taylor-element"), activation_memory)
+    prune(model, config, progress=False, samples=SAMPLES, inplace=inplace)
+    assert seen == [int(expected * weights)]
+
+
+def test_activation_memory_auto_is_none_when_only_scoring(monkeypatch):
+    model = tiny_llama(num_hidden_layers=2)
+    seen = []
+    real = signals_module.layerwise_gradients
+    monkeypatch.setattr(signals_module, "layerwise_gradients", lambda *a, **k: seen.append(a[-1]) or real(*a, **k))
+    groups = find_groups(trace(meta_copy(model)))
+    member_scores(model, groups, PruneConfig(ratio=0.2, importance="taylor-element"), SAMPLES, progress=False)
+    assert seen == [0]
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), "all"])
+def test_a_bad_activation_memory_is_refused_naming_it(bad):
+    from pydantic import ValidationError
+
+    from pruners.config import CalibrationConfig
+
+    with pytest.raises(ValidationError, match="activation_memory"):
+        CalibrationConfig(activation_memory=bad)
+
+
+def test_activation_memory_auto_under_kind_ratios_is_the_pruned_models_size(monkeypatch):
+    from pruners import prune
+
+    model = tiny_llama(num_hidden_layers=2)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    seen = []
+    real = signals_module.layerwise_gradients
+    monkeypatch.setattr(signals_module, "layerwise_gradients", lambda *a, **k: seen.append(a[-1]) or real(*a, **k))
+    result = prune(model, PruneConfig(kind_ratios={"mlp_channel": 0.5}, importance="taylor-element"), progress=False,
+                   samples=SAMPLES)
+    assert seen == [int(result.params_after / result.params_before * weights)]

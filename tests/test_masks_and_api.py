@@ -9,6 +9,7 @@ import pruners
 from depgraph import meta_copy, trace
 from depgraph.groups import find_groups
 from pruners import attach_gates, execute, load_pruned, remove_gates, save_pruned
+from pruners.errors import NonFiniteError
 
 from zoo import ARCHS, STORIES, masked_reference, random_plan
 
@@ -88,3 +89,54 @@ def test_load_pruned_returns_the_model_and_its_record(tmp_path):
     assert torch.equal(logits(loaded, ids), logits(result.model, ids))
     with pytest.raises(pruners.DeppruneError, match="was not written by depprune; load it with load_model"):
         load_pruned(STORIES)
+
+
+def overflowing_llama():
+    """Finite weights whose logits overflow: an LM head of 1e38s (every logit is +-inf or NaN)."""
+    model = ARCHS["llama_gqa"].build()
+    with torch.no_grad():
+        model.lm_head.weight.fill_(1e38)
+    assert torch.isfinite(model.lm_head.weight).all() and not torch.isfinite(logits(model)).all()
+    return model
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_a_source_model_with_non_finite_logits_is_refused_naming_it(inplace):
+    model = overflowing_llama()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(NonFiniteError, match="^the source model gives non-finite logits") as e:
+        pruners.prune(model, pruners.PruneConfig(ratio=0.2, importance="l2"), progress=False, inplace=inplace)
+    assert "--allow-nonfinite" in str(e.value)
+    if not inplace:  # the input model is left as it was
+        after = model.state_dict()
+        assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_non_finite_logits_are_allowed_on_request():
+    config = pruners.PruneConfig(ratio=0.2, importance="l2", allow_nonfinite=True)
+    assert pruners.prune(overflowing_llama(), config, progress=False).params_after > 0
+
+
+def test_the_pruned_models_non_finite_logits_are_refused_naming_it(monkeypatch):
+    """A pruned model that overflows where its source did not: the message names the pruned model."""
+    import pruners.pipeline as pipeline
+
+    real = pipeline.execute
+
+    def overflowing(*args, **kwargs):
+        pruned, record = real(*args, **kwargs)
+        with torch.no_grad():
+            pruned.lm_head.weight.fill_(1e38)
+        return pruned, record
+
+    monkeypatch.setattr(pipeline, "execute", overflowing)
+    with pytest.raises(NonFiniteError, match="^the pruned model gives non-finite logits"):
+        pruners.prune(ARCHS["llama_gqa"].build(), pruners.PruneConfig(ratio=0.2, importance="l2"), progress=False)
+
+
+def test_a_source_with_non_finite_logits_is_named_when_its_scores_are_refused():
+    """Taylor of an overflowing source gives NaN scores: the source is named, not the estimator."""
+    samples = [torch.randint(3, 90, (1, 9), generator=torch.Generator().manual_seed(s)) for s in range(2)]
+    with pytest.raises(NonFiniteError, match="^the source model gives non-finite logits"):
+        pruners.prune(overflowing_llama(), pruners.PruneConfig(ratio=0.2, importance="taylor-element"), progress=False,
+                      samples=samples)

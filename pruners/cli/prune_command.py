@@ -88,6 +88,12 @@ def add_arguments(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--calibration", help="text or Alpaca .json/.jsonl file for gradient/activation estimators")
     pr.add_argument("--calibration-samples", type=int, help="calibration sequences (default 10)")
     pr.add_argument("--calibration-seq-len", type=int, help="tokens per calibration sequence (default 128)")
+    pr.add_argument(
+        "--calibration-activation-memory", metavar="X",
+        help="memory taylor-element/-vector may keep calibration activations in, as a multiple of the weight bytes: "
+        "the decoder layers that fit are not run forward twice (0: least memory; default auto: up to the pruned "
+        "model's size, so the prune's peak is not raised)",
+    )
     pr.add_argument("--out", help="output directory (must be empty or absent unless --force)")
     pr.add_argument("--force", action="store_true", default=None, help="overwrite a non-empty --out")
     pr.add_argument("--eval-text", help="text file for perplexity before and after")
@@ -186,7 +192,7 @@ FLAG_KEYS = {
     "method": ("method",), "model": ("model",), "ratio": ("ratio",), "kind_ratio": ("kind_ratios",), "importance": ("importance",),
     "aggregation": ("aggregation",), "kinds": ("kinds",), "strategy": ("strategy",), "layers": ("layers",), "min_units": ("min_units",),
     "round_to": ("round_to",), "align": ("align",), "calibration": ("calibration", "source"), "calibration_samples": ("calibration", "samples"),
-    "calibration_seq_len": ("calibration", "seq_len"), "out": ("out",), "force": ("force",), "eval_text": ("eval_text",),
+    "calibration_seq_len": ("calibration", "seq_len"), "calibration_activation_memory": ("calibration", "activation_memory"), "out": ("out",), "force": ("force",), "eval_text": ("eval_text",),
     "tokenizer": ("tokenizer",), "seed": ("seed",), "rounds": ("rounds",), "allow_nonfinite": ("allow_nonfinite",), "device": ("device",),
     "dtype": ("dtype",), "recover": ("recover", "data", "source"),
 }

@@ -8,24 +8,29 @@ decoder layers form a plain chain (:func:`chain_problem`):
 1. each sample runs forward without autograd; a pre-hook on every layer of the stack
    (:func:`depgraph.repeats.layer_stack`) keeps its inputs, and a hook on the last layer turns
    its output into a leaf, so that the loss is differentiated only through what follows the
-   stack (final norm, LM head);
-2. from the last layer down, each layer runs again on each sample's kept inputs, with autograd,
-   and is back-propagated from the gradient of its output: its weights' gradients are summed
-   over the samples and handed to ``on_layer`` (which scores them and may drop them) before the
-   next layer down is begun; the gradient of its input is the next layer's output gradient;
+   stack (final norm, LM head).  The first layers whose activations fit in ``keep_bytes`` run
+   this pass with autograd instead, each from a leaf of its own input, and keep what autograd
+   saved (their count is settled on the first micro-batch: :class:`_Keeping`);
+2. from the last layer down, each layer is back-propagated from the gradient of its output --
+   from its kept activations, or run again on each sample's kept inputs with autograd: its
+   weights' gradients are summed over the samples and handed to ``on_layer`` (which scores them
+   and may drop them) before the next layer down is begun; the gradient of its input is the
+   next layer's output gradient;
 3. what precedes the stack (the embeddings) gets its gradient from the first layer's input
    gradient, with one more forward pass that stops at the first layer.
 
 Samples of one length run side by side, :data:`BATCH_TOKENS` tokens at a time (larger matrix
-products: a quarter to a third faster on CPU than one sample at a time).  Memory: weights + one
-layer's gradients + the kept layer inputs (``samples x T x hidden`` per layer) + one layer's
-activations of one micro-batch.  The sums are the ordinary ones, up to float rounding.
+products: a quarter to a third faster on CPU than one sample at a time).  Time: three forward
+passes' worth of arithmetic per sample, as a whole-model backward, plus one more forward pass
+of each layer that is run again.  Memory: weights + one layer's gradients + the kept layer inputs
+(``samples x T x hidden`` per layer) + the kept activations (at most ``keep_bytes``) + one
+layer's activations of one micro-batch.  The sums are the ordinary ones, up to float rounding.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -163,6 +168,7 @@ def layerwise_gradients(
     grads: dict[str, torch.Tensor],
     on_layer: Callable[[list[str]], None],
     progress: bool = True,
+    keep_bytes: int = 0,
 ) -> str | None:
     """Sum the calibration gradients of the ``wanted`` weights into ``grads`` as means, one layer at a time.
 
@@ -171,6 +177,11 @@ def layerwise_gradients(
     one layer's wanted weights are complete (every wanted weight of it has one, zero if it got none);
     the rest come at the end, and ``on_layer`` is not called for them.  Returns why the model does
     not qualify (and does nothing), or ``None`` when done.
+
+    ``keep_bytes``: memory for activations kept from the forward pass.  The first layers whose
+    activations fit in it (what autograd saves for them, measured on the first micro-batch and
+    projected to all) run that pass with autograd and are differentiated from it; the others run
+    forward again, one at a time, when their turn comes (one more forward pass of each).
     """
     found = layer_stack(model)
     if found is None:
@@ -183,15 +194,33 @@ def layerwise_gradients(
         return problem
     n_layers, n = len(layers), len(samples)
     batches = micro_batches(samples)  # (b, T) each: samples of one length, side by side
+    tokens = sum(b.numel() for b in batches)
     kept: list[list[tuple]] = [[] for _ in range(n_layers)]  # per layer, per batch: (hidden, rebuild)
+    graphs: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]  # per kept layer, per batch: its output, with autograd
     leaf: list[torch.Tensor] = []
+    keeping = _Keeping(keep_bytes, tokens / batches[0].numel(), n_layers, model.parameters())
 
     def keep(index: int):
         def pre(mod, args, kwargs):
             h, rebuild = _hidden_in(args, kwargs)
-            kept[index].append((h.detach().clone(), rebuild))  # (b, T, hidden); the other inputs by reference
+            hidden = h.detach().clone()  # (b, T, hidden); the other inputs by reference
+            kept[index].append((hidden, rebuild))
+            if index < keeping.layers:  # differentiate this layer from this pass
+                torch.set_grad_enabled(True)  # (restored by the forward hook, or by no_grad's exit)
+                keeping.start()
+                return rebuild(hidden.requires_grad_(True))
+            return None
 
-        return pre
+        def post(mod, args, kwargs, out):
+            if index >= keeping.layers:
+                return None
+            h, put = _hidden_out(out)
+            if keeping.stop(index):
+                graphs[index].append(h)
+            torch.set_grad_enabled(False)
+            return put(h.detach())
+
+        return pre, post
 
     def cut(mod, args, kwargs, out):
         h, put = _hidden_out(out)
@@ -199,7 +228,10 @@ def layerwise_gradients(
         torch.set_grad_enabled(True)  # differentiate what follows the stack (restored by no_grad's exit)
         return put(leaf[-1])
 
-    hooks = [m.register_forward_pre_hook(keep(i), with_kwargs=True) for i, m in enumerate(layers)]
+    hooks = []
+    for i, m in enumerate(layers):
+        pre, post = keep(i)
+        hooks += [m.register_forward_pre_hook(pre, with_kwargs=True), m.register_forward_hook(post, with_kwargs=True)]
     hooks.append(layers[-1].register_forward_hook(cut, with_kwargs=True))
     upstream: list[torch.Tensor] = []
     try:
@@ -208,7 +240,9 @@ def layerwise_gradients(
                 loss = _loss(_logits(model, ids), ids)
             loss.backward()  # the LM head and final norm; the gradient of the last layer's output
             upstream.append(leaf.pop().grad)  # (b, T, hidden)
+            keeping.measured = True
     finally:
+        keeping.close()
         for h in hooks:
             h.remove()
     names = {id(p): n for n, p in wanted.items()}
@@ -217,11 +251,16 @@ def layerwise_gradients(
         for s in range(len(batches)):
             hidden, rebuild = kept[i][s]
             kept[i][s] = None
-            hidden.requires_grad_(True)
-            args, kwargs = rebuild(hidden)
-            with torch.enable_grad():
-                out, _ = _hidden_out(layer(*args, **kwargs))
+            if i < keeping.layers:  # differentiated from the forward pass
+                out = graphs[i][s]
+                graphs[i][s] = None
+            else:  # run forward again
+                hidden.requires_grad_(True)
+                args, kwargs = rebuild(hidden)
+                with torch.enable_grad():
+                    out, _ = _hidden_out(layer(*args, **kwargs))
             torch.autograd.backward(out, upstream[s])
+            del out
             upstream[s] = hidden.grad  # the gradient of layer i - 1's output
         done = [names[id(p)] for p in layer.parameters() if id(p) in names]
         for name in done:
@@ -237,6 +276,54 @@ def layerwise_gradients(
         if id(p) not in inside and name in grads:
             grads[name].div_(n)
     return None
+
+
+class _Keeping:
+    """Which first layers keep their autograd activations from the forward pass, within ``budget`` bytes.
+
+    On the first micro-batch each layer's saved tensors (parameters aside) are counted as it runs
+    (``saved_tensors_hooks``) and projected to every micro-batch (``scale``: all tokens over the
+    first batch's); the first layer that would overflow the budget, and every layer after it, are
+    run again in the backward pass instead.  ``layers`` is how many layers keep theirs.
+    """
+
+    def __init__(self, budget: int, scale: float, n_layers: int, params: Iterable[torch.Tensor]):
+        self.budget, self.scale = budget, scale
+        self._params = {p.untyped_storage().data_ptr() for p in params} if budget > 0 else set()  # weights: saved, not kept
+        self.layers = n_layers if budget > 0 else 0
+        self.measured = False  # the first micro-batch has run: ``layers`` is settled
+        self.used = 0.0
+        self._counting: torch.autograd.graph.saved_tensors_hooks | None = None
+        self._storages: dict[int, int] = {}
+
+    def start(self) -> None:
+        if self.measured:
+            return
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in self._params:
+                self._storages[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        self._storages = {}
+        self._counting = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+        self._counting.__enter__()
+
+    def stop(self, index: int) -> bool:
+        """Whether layer ``index``'s activations are kept (on the first micro-batch: whether they fit)."""
+        if self.measured:
+            return True
+        self.close()
+        self.used += sum(self._storages.values()) * self.scale
+        if self.used > self.budget:
+            self.layers = index  # this layer and the ones after it run again
+            return False
+        return True
+
+    def close(self) -> None:
+        if self._counting is not None:
+            self._counting.__exit__(None, None, None)
+            self._counting = None
 
 
 def _before_stack(model: nn.Module, first: nn.Module, samples: list[torch.Tensor], upstream: list[torch.Tensor]) -> None:

@@ -78,6 +78,7 @@ def collect_signals(
     params: Iterable[str] | None = None,
     on_layer: Callable[[list[str]], None] | None = None,
     into: Signals | None = None,
+    keep_bytes: int = 0,
 ) -> Signals:
     """Run the calibration samples through ``model`` and gather what ``needs`` asks for.
 
@@ -93,7 +94,9 @@ def collect_signals(
     gradients are taken one layer at a time (:mod:`.layerwise`): ``on_layer(names)`` is called
     as soon as those weights' mean gradients are complete in ``into.grad`` (``into``: the
     :class:`Signals` to fill, a new one by default), and may score and drop them; the other
-    weights' gradients are there when this returns.
+    weights' gradients are there when this returns.  ``keep_bytes`` is the memory that pass may
+    spend on activations kept from the forward pass instead of running layers forward again
+    (:func:`.layerwise.layerwise_gradients`).
     """
     needs = set(needs)
     unknown = needs - SIGNALS
@@ -125,7 +128,7 @@ def collect_signals(
     layerwise = False
     try:
         if on_layer is not None and needs == {"grad"}:
-            why = layerwise_gradients(model, samples, {n: all_params[n] for n in wanted}, sig.grad, hand, progress)
+            why = layerwise_gradients(model, samples, {n: all_params[n] for n in wanted}, sig.grad, hand, progress, keep_bytes)
             layerwise = why is None
         if not layerwise:
             _run_samples(model, samples, wants_grad, progress)
@@ -201,7 +204,7 @@ def _gradient_hook(sig: Signals, name: str, needs: set[str]):
             if name in sig.grad:
                 sig.grad[name].add_(g)
             else:
-                sig.grad[name] = g if g is not p.grad else g.clone()  # .float() of a float32 grad is the grad itself
+                sig.grad[name] = g  # (the .grad itself when float32: cleared below, so the sum owns it)
         p.grad = None
 
     return hook

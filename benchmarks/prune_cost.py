@@ -6,9 +6,13 @@ prune here -- to the same size: Torch-Pruning's ``pruning_ratio=0.2`` (its LLM e
 ``round_to=32`` so that the hidden size stays a multiple of the 32 heads), and depprune at the
 parameter count that gives.  Importances: L2 magnitude and first-order Taylor for both, plus
 depprune's ``wanda-sp`` (activations, no gradients); the calibration estimators read the same
-random samples (``--samples`` x 128 tokens), one sample per backward pass for both tools.
-depprune runs as ``pruners.prune`` does by default (on a copy: the input model is left intact)
-and with ``inplace=True`` (the given model sliced, as Torch-Pruning does).
+random samples (``--samples`` x 128 tokens): Torch-Pruning one sample per backward pass (its
+example's way), depprune's Taylor up to 512 tokens side by side, one decoder layer at a time.
+depprune runs as ``pruners.prune`` does by default (on a copy: the input model is left intact;
+Taylor keeps the calibration activations that fit in the pruned model's size,
+``activation_memory='auto'``), with ``activation_memory=0`` (every layer run forward again: the
+least memory), and with ``inplace=True`` (the given model sliced, as Torch-Pruning does; 'auto'
+keeps no activations there).
 
 Each run records the wall time of the pruning call alone (the model loaded before it), the
 process's RSS before it and its peak during it (VmHWM, reset before the call), the peak minus
@@ -45,12 +49,15 @@ from torch_pruning_worker import peak_rss, reset_peak  # both tools' memory, mea
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TP_RATIO, SEQ_LEN = 0.2, 128
+LEAN = "depprune, activation_memory 0"  # Taylor's layers all run forward twice: the least memory
 RUNS = [("Torch-Pruning", "l2"), ("Torch-Pruning", "taylor"), ("depprune", "l2"), ("depprune", "taylor-element"),
-        ("depprune", "wanda-sp"), ("depprune in place", "l2"), ("depprune in place", "taylor-element")]
+        (LEAN, "taylor-element"), ("depprune", "wanda-sp"), ("depprune in place", "l2"),
+        ("depprune in place", "taylor-element")]
+REPEATED = {("Torch-Pruning", "l2"), ("depprune", "l2")}  # short rows, timed --repeat times: the median is reported
 SAME = {"l2": "l2", "taylor-element": "taylor"}  # depprune's estimator -> Torch-Pruning's counterpart
 
 
-def one_depprune(directory: str, importance: str, ratio: float, calibration: str, inplace: bool) -> dict:
+def one_depprune(directory: str, importance: str, ratio: float, calibration: str, inplace: bool, lean: bool) -> dict:
     """Run in a fresh process: load, then time one ``pruners.prune`` call and count its exports."""
     import torch
 
@@ -69,7 +76,8 @@ def one_depprune(directory: str, importance: str, ratio: float, calibration: str
     depgraph.tracer.export = counted
     model = load_model(directory)
     samples = list(torch.load(calibration).split(1))  # N x (1, T)
-    config = PruneConfig(ratio=ratio, importance=importance, kinds=["hidden_channel", "mlp_channel"])
+    config = PruneConfig(ratio=ratio, importance=importance, kinds=["hidden_channel", "mlp_channel"],
+                         calibration={"activation_memory": 0 if lean else "auto"})
     reset_peak()
     before = peak_rss()  # just reset: the RSS now
     start = time.perf_counter()
@@ -132,28 +140,45 @@ def run(args) -> None:
         torch.save(torch.randint(3, SHAPE["vocab_size"], (args.samples, SEQ_LEN), generator=gen), work / "calibration.pt")
         target = None
         for tool, importance in RUNS:
-            print(f"{tool}: {importance}", flush=True)
-            if tool == "Torch-Pruning":
-                job = {"key": importance, "model": str(work / "dense"), "out": None, "importance": importance,
-                       "units": "hidden_mlp", "pruning_ratio": TP_RATIO, "batch": 1, "target_params": 0,
-                       "calibration": str(work / "calibration.pt"), "seed": 0}
-                row = run_peer(python, [job], None, threads)[importance]
-                if row.get("ok") and target is None:
-                    target = row["params"]
-            else:
-                cmd = [sys.executable, __file__, "--one", str(work / "dense"), importance,
-                       str(1 - (target or round((1 - TP_RATIO) * weights)) / weights), str(work / "calibration.pt"),
-                       str(tool.endswith("in place"))]
-                done = subprocess.run(cmd, capture_output=True, text=True)
-                row = ({"ok": True, **json.loads(done.stdout.splitlines()[-1])} if done.returncode == 0 else
-                       {"ok": False, "error": done.stderr.strip().splitlines()[-1][:300]})
+            repeats = args.repeat if (tool, importance) in REPEATED else 1
+            runs = []
+            for r in range(repeats):
+                print(f"{tool}: {importance}" + (f" (run {r + 1} of {repeats})" if repeats > 1 else ""), flush=True)
+                if tool == "Torch-Pruning":
+                    job = {"key": importance, "model": str(work / "dense"), "out": None, "importance": importance,
+                           "units": "hidden_mlp", "pruning_ratio": TP_RATIO, "batch": 1, "target_params": 0,
+                           "calibration": str(work / "calibration.pt"), "seed": 0}
+                    row = run_peer(python, [job], None, threads)[importance]
+                    if row.get("ok") and target is None:
+                        target = row["params"]
+                else:
+                    cmd = [sys.executable, __file__, "--one", str(work / "dense"), importance,
+                           str(1 - (target or round((1 - TP_RATIO) * weights)) / weights), str(work / "calibration.pt"),
+                           str(tool.endswith("in place")), str(tool == LEAN)]
+                    done = subprocess.run(cmd, capture_output=True, text=True)
+                    row = ({"ok": True, **json.loads(done.stdout.splitlines()[-1])} if done.returncode == 0 else
+                           {"ok": False, "error": done.stderr.strip().splitlines()[-1][:300]})
+                runs.append(row)
+                print(json.dumps(row), flush=True)
             rows.append({"tool": tool, "importance": importance, "dense_params": weights, "weight_gb": 4 * weights / 1e9,
-                         "samples": args.samples if importance != "l2" else 0, "seq_len": SEQ_LEN, **row})
-            print(json.dumps(rows[-1]), flush=True)
+                         "samples": args.samples if importance != "l2" else 0, "seq_len": SEQ_LEN, **median_run(runs)})
     data = {"machine": f"{datetime.now(UTC):%Y-%m-%d}, {os.cpu_count()} CPUs ({platform.machine()}), {threads} threads, "
                        f"torch {torch.__version__}", "peer": peer_versions(python), "rows": rows, "growth": growth(args)}
     (RESULTS / "prune_cost.json").write_text(json.dumps(data, indent=1) + "\n")
     report(data)
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run of median pruning time (the first failure, if any run failed), with every run's time.
+
+    >>> median_run([{"ok": True, "prune_seconds": t} for t in (3.0, 1.0, 2.0)])
+    {'ok': True, 'prune_seconds': 2.0, 'prune_seconds_runs': [3.0, 1.0, 2.0]}
+    """
+    failed = [r for r in runs if not r.get("ok")]
+    if failed or len(runs) == 1:
+        return (failed or runs)[0]
+    middle = sorted(runs, key=lambda r: r["prune_seconds"])[len(runs) // 2]
+    return {**middle, "prune_seconds_runs": [r["prune_seconds"] for r in runs]}
 
 
 def exports_cell(r: dict) -> str:
@@ -174,7 +199,9 @@ def report(data: dict) -> None:
              f"`pruning_ratio={TP_RATIO}`, `round_to=32`). Each run in its own process; the pruning call alone is "
              "timed (model loaded and every weight read before). Memory: the process's peak RSS during the call "
              "(imports included, about 0.4 GB), over the weight bytes, and the same less the RSS before the call. "
-             "Calibration: random token ids, one sample per backward pass for both tools.", "",
+             "Calibration: random token ids; Torch-Pruning one sample per backward pass, depprune's Taylor up to 512 "
+             "tokens side by side, one decoder layer at a time, keeping the activations that fit in the pruned model's "
+             "size (`activation_memory` 'auto'; 0: every layer run forward again; in place, 'auto' keeps none).", "",
              "| tool | importance | params after | prune s | vs Torch-Pruning (same importance) | s per calibration token "
              "| RSS before GB | peak GB | peak / weights | (peak - before) / weights | exports (layers each) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -187,7 +214,9 @@ def report(data: dict) -> None:
         tokens = r["samples"] * r["seq_len"]
         per_token = f"{r['prune_seconds'] / tokens:.3f}" if tokens else "-"
         extra = (r["peak_rss_gb"] - r["rss_before_gb"]) / r["weight_gb"]
-        lines.append(f"| {r['tool']} | {r['importance']} | {r['params']:,} | {r['prune_seconds']:.1f} | {vs} | {per_token} | "
+        runs = r.get("prune_seconds_runs")
+        seconds = f"{r['prune_seconds']:.1f}" + (f" (median of {', '.join(f'{t:.1f}' for t in runs)})" if runs else "")
+        lines.append(f"| {r['tool']} | {r['importance']} | {r['params']:,} | {seconds} | {vs} | {per_token} | "
                      f"{r['rss_before_gb']:.2f} | {r['peak_rss_gb']:.2f} | {r['peak_rss_gb'] / r['weight_gb']:.2f} | {extra:.2f} | "
                      f"{exports_cell(r)} |")
     if data.get("growth"):
@@ -211,8 +240,10 @@ def report(data: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=4, help="calibration samples of 128 tokens")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each L2 row (the shortest rows, the noisiest ratio)")
     ap.add_argument("--workdir", help="where the dense model is written (default: the system's temp dir)")
-    ap.add_argument("--one", nargs=5, metavar=("DIR", "IMPORTANCE", "RATIO", "CALIBRATION", "INPLACE"), help=argparse.SUPPRESS)
+    ap.add_argument("--one", nargs=6, metavar=("DIR", "IMPORTANCE", "RATIO", "CALIBRATION", "INPLACE", "LEAN"),
+                    help=argparse.SUPPRESS)
     ap.add_argument("--growth-one", nargs=2, type=int, metavar=("LAYERS", "SAMPLES"), help=argparse.SUPPRESS)
     ap.add_argument("--growth-only", action="store_true", help="measure only the growth with layers, into the JSON")
     ap.add_argument("--report", action="store_true", help="only rewrite prune_cost.md from the JSON")
@@ -225,8 +256,8 @@ def main() -> None:
         (RESULTS / "prune_cost.json").write_text(json.dumps(data, indent=1) + "\n")
         report(data)
     elif args.one:
-        d, importance, ratio, calibration, inplace = args.one
-        print(json.dumps(one_depprune(d, importance, float(ratio), calibration, inplace == "True")))
+        d, importance, ratio, calibration, inplace, lean = args.one
+        print(json.dumps(one_depprune(d, importance, float(ratio), calibration, inplace == "True", lean == "True")))
     elif args.report:
         report(json.loads((RESULTS / "prune_cost.json").read_text()))
     else:

@@ -24,6 +24,7 @@ BENCHMARKS = {  # script -> its arguments for the committed tables
     "prune_cost": [],
     "pruned_speed": [],
     "trace_meta": ["--repeat", "1"],
+    "taylor_memory": [],
 }
 
 

@@ -420,7 +420,11 @@ def breakdown(results: dict) -> list[str]:
     rest = r["ratio_to_weights"] - sum(v for _, v in parts)
     where = (f"Signals and scores are one call, one decoder layer's gradients at a time (peak "
              f"{r['collect_ratio_to_weights']:.3f}x; after it, with the scores only, RSS is "
-             f"{r['after_collect_ratio_to_weights']:.3f}x)." if r.get("layerwise") else
+             f"{r['after_collect_ratio_to_weights']:.3f}x). `score_groups` alone keeps no activations from the "
+             "forward pass (`calibration.activation_memory` 'auto' is 0 outside a prune): every layer runs forward "
+             "again for its backward pass. In a prune, 'auto' keeps up to the pruned model's size of them (faster; the "
+             "prune's peak, the source and the pruned model side by side, is not raised: `prune_cost.md`)."
+             if r.get("layerwise") else
              f"The peak is reached during {phase} (collection {r['collect_ratio_to_weights']:.3f}x, estimator "
              f"{r['estimator_ratio_to_weights']:.3f}x; after collection, with only the gradients held, RSS is "
              f"{r['after_collect_ratio_to_weights']:.3f}x).")

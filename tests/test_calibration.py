@@ -82,3 +82,24 @@ def test_cli_prunes_with_every_calibration_estimator(importance, tmp_path, capsy
     assert code == 0, err
     report = json.loads(out.strip().splitlines()[-1])
     assert report["importance"] == importance and report["params_after"] < report["params_before"]
+
+
+@pytest.mark.parametrize("activation_memory", ["0", "0.5", "auto"])
+def test_the_activation_memory_flag_gives_the_same_pruned_model(activation_memory, tmp_path, capsys):
+    """How much memory Taylor's backward may keep activations in changes its time, not its plan."""
+    from safetensors.torch import load_file
+
+    from pruners.cli import main
+
+    out = tmp_path / activation_memory
+    code = main(["prune", "--model", str(STORIES), "--ratio", "0.2", "--importance", "taylor-element",
+                 "--calibration", str(TRAIN), "--calibration-samples", "2", "--calibration-seq-len", "32",
+                 "--calibration-activation-memory", activation_memory, "--out", str(out), "--json", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    reference = tmp_path / "reference"
+    if not reference.exists():
+        assert main(["prune", "--model", str(STORIES), "--ratio", "0.2", "--importance", "taylor-element",
+                     "--calibration", str(TRAIN), "--calibration-samples", "2", "--calibration-seq-len", "32",
+                     "--calibration-activation-memory", "0", "--out", str(reference), "--json", "--quiet"]) == 0
+    got, want = load_file(out / "model.safetensors"), load_file(reference / "model.safetensors")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)

@@ -172,6 +172,9 @@ def test_bad_input_files_are_refused_before_the_weights_load(make, flags, messag
         (["--seed", "-1"], "--seed -1"),
         (["--seed", str(2**32)], "--seed 4294967296"),
         (["--calibration-samples", "0"], "--calibration-samples 0"),
+        (["--calibration-activation-memory", "-0.5"], "--calibration-activation-memory '-0.5': activation_memory '-0.5' "
+         "must be 'auto' or a multiple of the weight bytes >= 0"),
+        (["--calibration-activation-memory", "lots"], "--calibration-activation-memory 'lots'"),
     ],
 )
 def test_limits_are_refused_before_the_weights_load(flags, message, tmp_path, capsys, no_weights_loaded):

@@ -83,8 +83,9 @@ def _call_kwargs(model: nn.Module) -> dict:
 
 
 def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """The model's logits on ``ids``; also the whole-model calibration pass's (:mod:`.signals`)."""
     out = model(ids, **_call_kwargs(model))
-    return out if isinstance(out, torch.Tensor) else out.logits  # (1, T, vocab)
+    return out if isinstance(out, torch.Tensor) else out.logits  # (b, T, vocab)
 
 
 def _loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -299,6 +300,7 @@ class _Keeping:
     def start(self) -> None:
         if self.measured:
             return
+
         def pack(t: torch.Tensor) -> torch.Tensor:
             storage = t.untyped_storage()
             if storage.data_ptr() not in self._params:

@@ -83,9 +83,8 @@ def _call_kwargs(model: nn.Module) -> dict:
 
 
 def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """The model's logits on ``ids``; also the whole-model calibration pass's (:mod:`.signals`)."""
     out = model(ids, **_call_kwargs(model))
-    return out if isinstance(out, torch.Tensor) else out.logits  # (b, T, vocab)
+    return out if isinstance(out, torch.Tensor) else out.logits  # (1, T, vocab)
 
 
 def _loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -300,7 +299,6 @@ class _Keeping:
     def start(self) -> None:
         if self.measured:
             return
-
         def pack(t: torch.Tensor) -> torch.Tensor:
             storage = t.untyped_storage()
             if storage.data_ptr() not in self._params:

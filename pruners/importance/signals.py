@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .layerwise import _logits, _loss, layerwise_gradients
+from .layerwise import layerwise_gradients
 
 SIGNALS = frozenset({"grad", "fisher", "activations"})
 
@@ -62,6 +62,12 @@ def _qualname(mod: nn.Module) -> str | None:
         if key in INPUT_AXIS:
             return key
     return None
+
+
+def _causal_lm_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    out = model(ids)
+    logits = out if isinstance(out, torch.Tensor) else out.logits  # (1, T, vocab)
+    return nn.functional.cross_entropy(logits[0, :-1].float(), ids[0, 1:])
 
 
 def collect_signals(
@@ -161,7 +167,7 @@ def _run_samples(model: nn.Module, samples: Sequence[torch.Tensor], wants_grad: 
     for ids in tqdm(samples, desc="calibration", disable=not progress, leave=False):
         ids = ids.to(device)  # (1, T)
         if wants_grad:
-            _loss(_logits(model, ids), ids).backward()  # the hooks fold in and clear every .grad
+            _causal_lm_loss(model, ids).backward()  # the hooks fold in and clear every .grad
         else:
             with torch.no_grad():
                 model(ids)

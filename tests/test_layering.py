@@ -101,6 +101,6 @@ def test_no_private_name_is_imported_across_packages():
 
 def test_relative_imports_are_resolved_to_their_package():
     assert imports(REPO / "pruners" / "cli" / "main.py")[:3] == [
-        ("__future__", ["annotations"]), ("json", []), ("os", []),
+        ("__future__", ["annotations"]), ("gc", []), ("json", []),
     ]
     assert ("pruners.errors", ["DeppruneError", "UsageError", "first_line"]) in imports(REPO / "pruners" / "cli" / "main.py")

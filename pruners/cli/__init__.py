@@ -1,5 +1,6 @@
-"""The ``depprune`` command line: :func:`main` runs the commands registered under ``depprune.commands``."""
+"""The ``depprune`` command line: :func:`main` runs the commands registered under ``depprune.commands``;
+:func:`entry` is the ``depprune`` script (main, then exit)."""
 
-from .main import main
+from .main import entry, main
 
-__all__ = ["main"]
+__all__ = ["entry", "main"]

@@ -1,7 +1,5 @@
 """``python -m pruners.cli`` is ``depprune``."""
 
-import sys
+from .main import entry
 
-from .main import main
-
-sys.exit(main())
+entry()

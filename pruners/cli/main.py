@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
 import sys
 import threading
+from typing import NoReturn
 
 from ..errors import DeppruneError, UsageError, first_line
 from .arguments import LINE_LIMIT, Parser, check_utf8, strict_json
@@ -16,6 +18,35 @@ EXIT_USAGE = 2  # bad input: one line on stderr, nothing written
 
 EXIT_INTERNAL = 1  # a bug: "internal error, please report"
 
+
+OLDEST_GENERATION_THRESHOLD = 100  # the script's gc threshold for the oldest generation (Python's default: 10)
+
+
+def entry() -> NoReturn:
+    """The ``depprune`` console script: :func:`main` on ``sys.argv``, then exit with its code.
+
+    Two settings of the garbage collector, for the script's process only (:func:`main` called
+    in-process, e.g. by tests, leaves the collector alone):
+
+    - The oldest generation is collected after :data:`OLDEST_GENERATION_THRESHOLD` collections
+      of the middle one instead of 10.  Each full collection walks every live object, and
+      importing torch and transformers creates about half a million that live as long as the
+      process: with the default, seven full collections during those imports cost 0.7 s.
+      Young garbage is collected as often as before, and large tensors are freed by reference
+      counting, not by the collector.
+    - Before the interpreter tears down, every object still alive is frozen (``gc.freeze``), so
+      the teardown's full collections skip them (another second).  The work is done and its
+      files closed by then; atexit handlers still run.
+
+    Together they take ``depprune inspect`` of a 70B model from about 6 s to about 4.3 s here
+    (``benchmarks/trace_meta.py``).
+    """
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, OLDEST_GENERATION_THRESHOLD)
+    try:
+        sys.exit(main())
+    finally:
+        gc.freeze()
 
 
 def build_parser(commands: dict[str, Command]) -> Parser:

@@ -6,8 +6,8 @@
 Each benchmark runs as its own process, one after the other (they time things: nothing else
 should run beside them), and measures every row again, writing its JSON and markdown to
 ``benchmarks/results/`` (``pruned_speed`` keeps rows of other devices, e.g. GPU rows from another
-machine).  The time each took is printed at the end: about 32 minutes in all on the 2-core CPU
-machine of the committed tables (10.7 + 6.0 + 9.8 + 1.9 + 3.7).
+machine).  The time each took is printed at the end: about 33 minutes in all on the 2-core CPU
+machine of the committed tables (10.7 + 6.0 + 9.8 + 2.9 + 3.7).
 """
 
 from __future__ import annotations

@@ -230,7 +230,7 @@ def test_the_options_refuse_what_learned_pruning_does_not_use():
 
 # --- on the real model ------------------------------------------------------------------------------------
 
-FAST = {"data": {"source": str(TINYSTORIES_TRAIN), "seq_len": 64}, "train": {"batch_size": 4, "eval_every": 1000}}
+FAST = {"data": {"source": str(TINYSTORIES_TRAIN), "seq_len": 64, "validation": 64}, "train": {"batch_size": 4, "eval_every": 1000}}
 
 
 @pytest.fixture(scope="module")
@@ -312,8 +312,8 @@ def test_depprune_prune_method_compresso_writes_a_model_that_opens_in_transforme
     import yaml
     from transformers import AutoModelForCausalLM
 
-    run = {"method_options": {"data": {"seq_len": 64}, "train": {"batch_size": 4, "eval_every": 5}},
-           "recover": {"data": {"source": str(TINYSTORIES_TRAIN), "seq_len": 64},
+    run = {"method_options": {"data": {"seq_len": 64, "validation": 64}, "train": {"batch_size": 4, "eval_every": 5}},
+           "recover": {"data": {"source": str(TINYSTORIES_TRAIN), "seq_len": 64, "validation": 64},
                        "train": {"max_steps": 3, "batch_size": 4, "eval_every": 3}}}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
     code = main(_prune(tmp_path, "--config", str(tmp_path / "run.yaml"), "--data", str(TINYSTORIES_TRAIN),

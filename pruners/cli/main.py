@@ -38,8 +38,8 @@ def entry() -> NoReturn:
       the teardown's full collections skip them (another second).  The work is done and its
       files closed by then; atexit handlers still run.
 
-    Together they take ``depprune inspect`` of a 70B model from about 6 s to about 4.3 s here
-    (``benchmarks/trace_meta.py``).
+    Together they take ``depprune inspect`` of a 70B model from about 6 s to about 4.6 s here
+    (``benchmarks/results/trace_meta.md``).
     """
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, OLDEST_GENERATION_THRESHOLD)
